@@ -1,0 +1,268 @@
+"""Typed run configuration: dataclasses, YAML loading, ``--set`` overrides and validation."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+SCHEMES = ("nc", "f", "g", "fg")
+CODECS = ("ae", "cheng2020-attn")
+DATASETS = ("synthetic-lesion", "synthetic-blastocyst", "ham10000", "blastocyst")
+
+
+class ConfigError(ValueError):
+    """A configuration key is unknown or its value is invalid."""
+
+
+@dataclass
+class PartitionConfig:
+    """How the training pool is divided among clients."""
+
+    kind: Literal["counts", "iid", "dirichlet"] = "iid"
+    clients: int = 2
+    counts: list[int] | None = None
+    alpha: float = 0.5
+
+    def num_clients(self) -> int:
+        """Number of clients this partition produces."""
+        return len(self.counts) if self.kind == "counts" and self.counts else self.clients
+
+
+@dataclass
+class DataConfig:
+    """Dataset, image size and client partition."""
+
+    dataset: str = "synthetic-lesion"
+    root: str | None = None
+    image_size: int = 128
+    num_samples: int = 48
+    test_samples: int = 16
+    partition: PartitionConfig = field(default_factory=PartitionConfig)
+    val_fraction: float = 0.15
+    augment: bool = True
+
+
+@dataclass
+class ModelConfig:
+    """The split U-Net; ``num_classes`` follows the dataset when left unset."""
+
+    base_width: int = 8
+    num_classes: int | None = None
+
+
+@dataclass
+class CodecConfig:
+    """Learned codec options shared by every crossing."""
+
+    latent_channels: int = 64
+    aux_lr: float = 1e-3
+    lr: float = 1e-4
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and device."""
+
+    rounds: int = 2
+    local_epochs: int = 2
+    batch_size: int = 1
+    lr: float = 1e-4
+    seed: int = 0
+    device: str = "auto"
+    max_batches: int | None = None
+
+
+@dataclass
+class FederationConfig:
+    """SplitFed variant, checkpoint selection and codec synchronisation."""
+
+    variant: Literal["v1", "v2"] = "v1"
+    select: Literal["best", "last"] = "best"
+    codec_sync_every: int = 0
+
+
+@dataclass
+class Config:
+    """A whole SplitFedZip run."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    scheme: Literal["nc", "f", "g", "fg"] = "nc"
+    codec: str = "ae"
+    lmbda: float = 1.0
+    codec_options: CodecConfig = field(default_factory=CodecConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    federation: FederationConfig = field(default_factory=FederationConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-dict form with the YAML key names (``lambda``, ``codec_options``)."""
+        return _to_dict(self)
+
+
+# YAML names that are Python keywords or clash with builtins.
+_ALIASES = {"lambda": "lmbda"}
+_REVERSE = {v: k for k, v in _ALIASES.items()}
+
+
+def _to_dict(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj):
+        return {_REVERSE.get(f.name, f.name): _to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, list):
+        return [_to_dict(v) for v in obj]
+    return obj
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; convert YAML ints/strings where harmless."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return _build(tp, value, where)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{where}: invalid value {value!r}")
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(str, allowed))}")
+        return value
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, str):
+            try:
+                return float(value)  # YAML reads 1e-4 as a string
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{where}: unsupported type {tp}")  # pragma: no cover
+
+
+def _build(cls: type, raw: dict[str, Any], where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in raw.items():
+        name = _ALIASES.get(key, key)
+        path = f"{where}.{key}" if where else key
+        if name not in names:
+            known = ", ".join(sorted(_REVERSE.get(n, n) for n in names))
+            raise ConfigError(f"unknown config key {path!r} (known here: {known})")
+        kwargs[name] = _coerce(value, hints[name], path)
+    return cls(**kwargs)
+
+
+def _validate(cfg: Config) -> Config:
+    def need(ok: bool, msg: str) -> None:
+        if not ok:
+            raise ConfigError(msg)
+
+    d, p, t = cfg.data, cfg.data.partition, cfg.train
+    need(cfg.scheme in SCHEMES, f"scheme: {cfg.scheme!r} is not one of {', '.join(SCHEMES)}")
+    need(cfg.codec in CODECS, f"codec: {cfg.codec!r} is not one of {', '.join(CODECS)}")
+    need(cfg.lmbda > 0, f"lambda: must be > 0, got {cfg.lmbda}")
+    need(d.dataset in DATASETS, f"data.dataset: {d.dataset!r} is not one of {', '.join(DATASETS)}")
+    need(
+        d.dataset.startswith("synthetic") or d.root is not None,
+        f"data.root: dataset {d.dataset!r} needs data.root to point at its folder",
+    )
+    need(d.image_size >= 32 and d.image_size % 16 == 0, "data.image_size: must be a multiple of 16, >= 32")
+    need(0 < d.val_fraction < 1, f"data.val_fraction: must be in (0, 1), got {d.val_fraction}")
+    need(d.num_samples > 0 and d.test_samples > 0, "data.num_samples and data.test_samples must be > 0")
+    if p.kind == "counts":
+        need(bool(p.counts) and all(c > 1 for c in p.counts), "data.partition.counts: a list of counts > 1")
+    else:
+        need(p.clients >= 1, f"data.partition.clients: must be >= 1, got {p.clients}")
+    if p.kind == "dirichlet":
+        need(p.alpha > 0, f"data.partition.alpha: must be > 0, got {p.alpha}")
+    need(cfg.model.base_width >= 1, "model.base_width: must be >= 1")
+    need(cfg.model.num_classes is None or cfg.model.num_classes >= 2, "model.num_classes: must be >= 2")
+    need(t.rounds >= 1 and t.local_epochs >= 1, "train.rounds and train.local_epochs must be >= 1")
+    need(t.batch_size >= 1, "train.batch_size: must be >= 1")
+    need(t.lr > 0, "train.lr: must be > 0")
+    need(t.max_batches is None or t.max_batches >= 1, "train.max_batches: must be >= 1")
+    need(t.device in ("auto", "cpu", "cuda") or t.device.startswith("cuda:"), f"train.device: {t.device!r}")
+    need(cfg.federation.codec_sync_every >= 0, "federation.codec_sync_every: must be >= 0")
+    need(cfg.codec_options.latent_channels >= 1, "codec_options.latent_channels: must be >= 1")
+    return cfg
+
+
+def parse_value(text: str) -> Any:
+    """Parse one ``--set`` value with YAML rules (``3`` -> int, ``[1, 2]`` -> list)."""
+    return yaml.safe_load(text)
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key.sub=value`` overrides to a raw config mapping."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key=value")
+        key, text = item.split("=", 1)
+        node = raw
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {item!r}: {part!r} is not a mapping")
+        node[parts[-1]] = parse_value(text)
+    return raw
+
+
+def from_dict(raw: dict[str, Any] | None) -> Config:
+    """Build and validate a :class:`Config` from a raw mapping."""
+    return _validate(_build(Config, raw or {}, ""))
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML config (or the defaults), apply ``--set`` overrides, validate."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from e
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping")
+    return from_dict(apply_overrides(raw, overrides or []))
+
+
+def dump_config(cfg: Config) -> str:
+    """The resolved configuration as YAML."""
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
