@@ -112,7 +112,10 @@ _REVERSE = {v: k for k, v in _ALIASES.items()}
 
 def _to_dict(obj: Any) -> Any:
     if dataclasses.is_dataclass(obj):
-        return {_REVERSE.get(f.name, f.name): _to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        return {
+            _REVERSE.get(f.name, f.name): _to_dict(getattr(obj, f.name))
+            for f in dataclasses.fields(obj)
+        }
     if isinstance(obj, list):
         return [_to_dict(v) for v in obj]
     return obj
@@ -200,22 +203,37 @@ def _validate(cfg: Config) -> Config:
         d.dataset.startswith("synthetic") or d.root is not None,
         f"data.root: dataset {d.dataset!r} needs data.root to point at its folder",
     )
-    need(d.image_size >= 32 and d.image_size % 16 == 0, "data.image_size: must be a multiple of 16, >= 32")
+    need(
+        d.image_size >= 32 and d.image_size % 16 == 0,
+        "data.image_size: must be a multiple of 16, >= 32",
+    )
     need(0 < d.val_fraction < 1, f"data.val_fraction: must be in (0, 1), got {d.val_fraction}")
-    need(d.num_samples > 0 and d.test_samples > 0, "data.num_samples and data.test_samples must be > 0")
+    need(
+        d.num_samples > 0 and d.test_samples > 0,
+        "data.num_samples and data.test_samples must be > 0",
+    )
     if p.kind == "counts":
-        need(bool(p.counts) and all(c > 1 for c in p.counts), "data.partition.counts: a list of counts > 1")
+        need(
+            bool(p.counts) and all(c > 1 for c in p.counts),
+            "data.partition.counts: a list of counts > 1",
+        )
     else:
         need(p.clients >= 1, f"data.partition.clients: must be >= 1, got {p.clients}")
     if p.kind == "dirichlet":
         need(p.alpha > 0, f"data.partition.alpha: must be > 0, got {p.alpha}")
     need(cfg.model.base_width >= 1, "model.base_width: must be >= 1")
-    need(cfg.model.num_classes is None or cfg.model.num_classes >= 2, "model.num_classes: must be >= 2")
+    need(
+        cfg.model.num_classes is None or cfg.model.num_classes >= 2,
+        "model.num_classes: must be >= 2",
+    )
     need(t.rounds >= 1 and t.local_epochs >= 1, "train.rounds and train.local_epochs must be >= 1")
     need(t.batch_size >= 1, "train.batch_size: must be >= 1")
     need(t.lr > 0, "train.lr: must be > 0")
     need(t.max_batches is None or t.max_batches >= 1, "train.max_batches: must be >= 1")
-    need(t.device in ("auto", "cpu", "cuda") or t.device.startswith("cuda:"), f"train.device: {t.device!r}")
+    need(
+        t.device in ("auto", "cpu", "cuda") or t.device.startswith("cuda:"),
+        f"train.device: {t.device!r}",
+    )
     need(cfg.federation.codec_sync_every >= 0, "federation.codec_sync_every: must be >= 0")
     need(cfg.codec_options.latent_channels >= 1, "codec_options.latent_channels: must be >= 1")
     return cfg

@@ -1,0 +1,107 @@
+"""The interface of everything that can sit at a split point."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+
+class CodecError(ValueError):
+    """A tensor or bitstream that a codec cannot take."""
+
+
+@dataclass
+class CodecOutput:
+    """A training (or eval) forward: reconstruction, likelihoods of every coded latent, distortion.
+
+    ``mse`` is measured in the codec's own units (normalised ones for a normalising codec), so
+    that λ weighs it the same way whatever the magnitude of the tensor.
+    """
+
+    x_hat: Tensor
+    likelihoods: dict[str, Tensor] = field(default_factory=dict)
+    mse: Tensor | None = None
+
+    def bits(self) -> Tensor:
+        """Estimated size of the coded latents in bits: -sum(log2 likelihoods)."""
+        total = self.x_hat.new_zeros(())
+        for lik in self.likelihoods.values():
+            total = total + torch.log(lik).sum() / -math.log(2)
+        return total
+
+
+class Codec(nn.Module):
+    """A learned (or identity) codec for one tensor crossing a split point.
+
+    ``forward`` is the differentiable training path (noise in train mode, rounding in eval
+    mode); ``compress``/``decompress`` write and read a real entropy-coded bitstream, and
+    ``decompress(compress(x))`` equals the eval-mode ``forward(x).x_hat`` exactly.
+    """
+
+    #: Registry name, as in configs.
+    name: str = ""
+    #: Spatial size must be a positive multiple of this (the product of the analysis strides).
+    alignment: int = 1
+    #: Module-name prefixes the receiving side needs to decode (what a codec sync carries).
+    decoder_prefixes: tuple[str, ...] = ()
+    #: Whether the codec has anything to learn (``none`` has not).
+    learned: bool = True
+
+    def check_shape(self, shape: torch.Size | tuple[int, ...]) -> None:
+        """Raise :class:`CodecError` if the codec cannot take a tensor of this shape."""
+        if len(shape) != 4:
+            raise CodecError(
+                f"codec {self.name!r} takes 4-d tensors [B, C, H, W], got {tuple(shape)}"
+            )
+        h, w = shape[-2:]
+        a = self.alignment
+        if h < a or w < a or h % a or w % a:
+            raise CodecError(
+                f"codec {self.name!r} needs H and W to be multiples of {a} and at least {a} "
+                f"(minimum size {a}x{a}); got {h}x{w}"
+            )
+
+    def update(self) -> None:
+        """Rebuild the entropy coder's tables from the current weights."""
+
+    def aux_loss(self) -> Tensor:
+        """Auxiliary loss of the entropy bottlenecks (fits their quantiles)."""
+        return torch.zeros(())
+
+    def compress(self, x: Tensor) -> bytes:  # pragma: no cover - interface
+        """Encode ``x`` into a bitstream (eval-mode quantisation)."""
+        raise NotImplementedError
+
+    def decompress(self, data: bytes, shape: tuple[int, ...]) -> Tensor:  # pragma: no cover
+        """Decode a bitstream into a tensor of ``shape``."""
+        raise NotImplementedError
+
+    def decoder_state(self) -> dict[str, Tensor]:
+        """The weights and entropy tables the receiver needs to decode, as a state dict."""
+        return {
+            k: v.detach().cpu().clone()
+            for k, v in self.state_dict().items()
+            if k.startswith(self.decoder_prefixes)
+        }
+
+    def load_decoder_state(self, state: dict[str, Tensor]) -> None:
+        """Load what :meth:`decoder_state` produced; the encoder side stays as it is."""
+        foreign = [k for k in state if not k.startswith(self.decoder_prefixes)]
+        if foreign:
+            raise CodecError(
+                f"codec {self.name!r}: unexpected keys in decoder state: {foreign[:5]}"
+            )
+        missing = [k for k in self.decoder_state() if k not in state]
+        if missing:
+            raise CodecError(f"codec {self.name!r}: decoder state lacks keys: {missing[:5]}")
+        # Entropy-coder tables are buffers whose size depends on the weights; resize them first.
+        for key, value in state.items():
+            current = self.state_dict(keep_vars=True)[key]
+            if current.shape != value.shape and not isinstance(current, nn.Parameter):
+                current.resize_(value.shape)
+        full = self.state_dict()
+        full.update(state)
+        self.load_state_dict(full)

@@ -1,0 +1,172 @@
+"""``cheng2020-attn``: Cheng et al. 2020 with attention, hyperprior and autoregressive context."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from compressai.ans import BufferedRansEncoder, RansDecoder
+from compressai.layers import ResidualBlockWithStride, subpel_conv3x3
+from compressai.models import Cheng2020Attention
+from compressai.models.base import get_scale_table
+from torch import Tensor, nn
+
+from .base import Codec, CodecOutput
+from .streams import pack_streams, unpack_streams
+
+_KERNEL = 5  # context model (masked conv) kernel
+_PAD = (_KERNEL - 1) // 2
+
+
+class Cheng2020AttentionCodec(Codec):
+    """CompressAI's Cheng2020Attention with its first and last layers sized to the tensor.
+
+    The eval-mode forward, ``compress`` and ``decompress`` share one raster scan
+    (:meth:`_scan`): each latent is rounded around the mean that the context model predicts
+    from the latents decoded before it, so all three give bit-identical reconstructions.
+    (CompressAI's own eval forward rounds without the means and would not match.)
+    """
+
+    name = "cheng2020-attn"
+    alignment = 64  # four stride-2 layers to y, two more to the hyper-latent z
+    decoder_prefixes = (
+        "net.g_s.",
+        "net.h_s.",
+        "net.entropy_parameters.",
+        "net.context_prediction.",
+        "net.entropy_bottleneck.",
+        "net.gaussian_conditional.",
+    )
+
+    def __init__(self, channels: int, latent_channels: int = 64) -> None:
+        super().__init__()
+        n = latent_channels
+        self.net = Cheng2020Attention(N=n)
+        self.net.g_a[0] = ResidualBlockWithStride(channels, n, stride=2)
+        self.net.g_s[-1] = subpel_conv3x3(n, channels, 2)
+
+    def forward(self, x: Tensor) -> CodecOutput:
+        """Training: CompressAI's parallel noisy forward. Eval: the exact raster scan."""
+        self.check_shape(x.shape)
+        if self.training:
+            out = self.net(x)
+            x_hat, lik = out["x_hat"], out["likelihoods"]
+        else:
+            net = self.net
+            z_hat, z_lik = net.entropy_bottleneck(net.h_a(net.g_a(x)))
+            y = net.g_a(x)
+            y_hat, scales, means = self._scan(y, net.h_s(z_hat))
+            y_lik = net.gaussian_conditional._likelihood(y_hat, scales, means)
+            y_lik = net.gaussian_conditional.likelihood_lower_bound(y_lik)
+            x_hat = net.g_s(y_hat)
+            lik = {"y": y_lik, "z": z_lik}
+        return CodecOutput(x_hat, lik, nn.functional.mse_loss(x_hat, x))
+
+    def update(self) -> None:
+        """Rebuild the CDF tables of the bottleneck and the Gaussian conditional."""
+        self.net.update(force=True)
+
+    def aux_loss(self) -> Tensor:
+        """Quantile loss of the hyper-latent's entropy bottleneck."""
+        return self.net.aux_loss()
+
+    def _scan(self, y: Tensor | None, params: Tensor, step=None) -> tuple[Tensor, Tensor, Tensor]:
+        """Raster scan over latent positions; returns (y_hat, scales, means).
+
+        With ``y`` given, latents are rounded around the predicted means; without it,
+        ``step(h, w, scales, means)`` supplies the rounded symbols (decoding). ``step`` is also
+        called while encoding, to hand symbols to the entropy coder.
+        """
+        net = self.net
+        b, _, h, w = params.shape
+        m = net.M
+        y_hat = params.new_zeros((b, m, h + 2 * _PAD, w + 2 * _PAD))
+        scales = params.new_zeros((b, m, h, w))
+        means = params.new_zeros((b, m, h, w))
+        weight = net.context_prediction.weight * net.context_prediction.mask
+        for i in range(h):
+            for j in range(w):
+                crop = y_hat[:, :, i : i + _KERNEL, j : j + _KERNEL]
+                ctx = F.conv2d(crop, weight, bias=net.context_prediction.bias)
+                p = params[:, :, i : i + 1, j : j + 1]
+                gp = net.entropy_parameters(torch.cat((p, ctx), dim=1)).squeeze(3).squeeze(2)
+                s, mu = gp.chunk(2, 1)
+                if y is not None:
+                    q = torch.round(y[:, :, i, j] - mu)
+                    if step is not None:
+                        step(i, j, s, q)
+                else:
+                    q = step(i, j, s, None)
+                y_hat[:, :, i + _PAD, j + _PAD] = q + mu
+                scales[:, :, i, j], means[:, :, i, j] = s, mu
+        return y_hat[:, :, _PAD : _PAD + h, _PAD : _PAD + w].contiguous(), scales, means
+
+    def decoder_state(self) -> dict[str, Tensor]:
+        """As the base class, less the Gaussian tables: they derive from constants alone."""
+        gc = "net.gaussian_conditional."
+        drop = tuple(gc + b for b in ("_quantized_cdf", "_offset", "_cdf_length", "scale_table"))
+        return {k: v for k, v in super().decoder_state().items() if not k.endswith(drop)}
+
+    def load_decoder_state(self, state: dict[str, Tensor]) -> None:
+        """Load the sent weights and rebuild the Gaussian tables locally."""
+        super().load_decoder_state(state)
+        self.net.gaussian_conditional.update_scale_table(get_scale_table(), force=True)
+
+    def _tables(self) -> tuple[list, list, list]:
+        gc = self.net.gaussian_conditional
+        return gc.quantized_cdf.tolist(), gc.cdf_length.tolist(), gc.offset.tolist()
+
+    @torch.no_grad()
+    def compress(self, x: Tensor) -> bytes:
+        """Per batch element: the hyper-latent stream, then the latent stream."""
+        self.check_shape(x.shape)
+        net = self.net
+        y = net.g_a(x)
+        z = net.h_a(y)
+        z_strings = net.entropy_bottleneck.compress(z)
+        z_hat = net.entropy_bottleneck.decompress(z_strings, z.shape[-2:])
+        b = x.shape[0]
+        symbols: list[list[int]] = [[] for _ in range(b)]
+        indexes: list[list[int]] = [[] for _ in range(b)]
+
+        def step(i: int, j: int, s: Tensor, q: Tensor) -> None:
+            idx = net.gaussian_conditional.build_indexes(s)
+            for k in range(b):
+                symbols[k] += q[k].int().tolist()
+                indexes[k] += idx[k].tolist()
+
+        self._scan(y, net.h_s(z_hat.to(y.device)), step)
+        # One entropy-coder call per element: handing over the CDF tables is the costly part.
+        cdf, lengths, offsets = self._tables()
+        streams = []
+        for k in range(b):
+            enc = BufferedRansEncoder()
+            enc.encode_with_indexes(symbols[k], indexes[k], cdf, lengths, offsets)
+            streams += [z_strings[k], enc.flush()]
+        return pack_streams(streams)
+
+    @torch.no_grad()
+    def decompress(self, data: bytes, shape: tuple[int, ...]) -> Tensor:
+        """Decode the hyper-latent, then the latent position by position, then synthesise."""
+        self.check_shape(shape)
+        net = self.net
+        b, _, h, w = shape
+        streams = unpack_streams(data, 2 * b, self.name)
+        device = next(self.parameters()).device
+        z_hat = net.entropy_bottleneck.decompress(streams[0::2], (h // 64, w // 64)).to(device)
+        cdf, lengths, offsets = self._tables()
+        decoders = []
+        for ys in streams[1::2]:
+            dec = RansDecoder()
+            dec.set_stream(ys)
+            decoders.append(dec)
+
+        def step(i: int, j: int, s: Tensor, _: None) -> Tensor:
+            idx = net.gaussian_conditional.build_indexes(s)
+            rows = [
+                dec.decode_stream(idx[k].tolist(), cdf, lengths, offsets)
+                for k, dec in enumerate(decoders)
+            ]
+            return torch.tensor(rows, dtype=s.dtype, device=s.device)
+
+        y_hat, _, _ = self._scan(None, net.h_s(z_hat), step)
+        return net.g_s(y_hat)

@@ -1,0 +1,78 @@
+"""``ae``: the paper's custom AE, a factorized-prior codec (Ballé et al. 2018)."""
+
+from __future__ import annotations
+
+import torch
+from compressai.entropy_models import EntropyBottleneck
+from compressai.layers import GDN
+from compressai.models.utils import conv, deconv
+from torch import Tensor, nn
+
+from .base import Codec, CodecOutput
+from .streams import pack_streams, unpack_streams
+
+
+def analysis(channels: int, latent: int) -> nn.Sequential:
+    """conv5x5/s2, GDN, conv5x5/s2, GDN, conv5x5/s2."""
+    return nn.Sequential(
+        conv(channels, latent, kernel_size=5, stride=2),
+        GDN(latent),
+        conv(latent, latent, kernel_size=5, stride=2),
+        GDN(latent),
+        conv(latent, latent, kernel_size=5, stride=2),
+    )
+
+
+def synthesis(latent: int, channels: int) -> nn.Sequential:
+    """The mirror of :func:`analysis`: transposed convs and inverse GDN."""
+    return nn.Sequential(
+        deconv(latent, latent, kernel_size=5, stride=2),
+        GDN(latent, inverse=True),
+        deconv(latent, latent, kernel_size=5, stride=2),
+        GDN(latent, inverse=True),
+        deconv(latent, channels, kernel_size=5, stride=2),
+    )
+
+
+class FactorizedPriorCodec(Codec):
+    """Analysis transform -> entropy bottleneck (factorized prior) -> synthesis transform."""
+
+    name = "ae"
+    alignment = 8
+    decoder_prefixes = ("g_s.", "entropy_bottleneck.")
+
+    def __init__(self, channels: int, latent_channels: int = 64) -> None:
+        super().__init__()
+        self.g_a = analysis(channels, latent_channels)
+        self.g_s = synthesis(latent_channels, channels)
+        self.entropy_bottleneck = EntropyBottleneck(latent_channels)
+
+    def forward(self, x: Tensor) -> CodecOutput:
+        """Noisy (train) or rounded (eval) reconstruction with the latent's likelihoods."""
+        self.check_shape(x.shape)
+        y_hat, y_lik = self.entropy_bottleneck(self.g_a(x))
+        x_hat = self.g_s(y_hat)
+        return CodecOutput(x_hat, {"y": y_lik}, nn.functional.mse_loss(x_hat, x))
+
+    def update(self) -> None:
+        """Rebuild the bottleneck's CDF tables."""
+        self.entropy_bottleneck.update(force=True)
+
+    def aux_loss(self) -> Tensor:
+        """Quantile loss of the entropy bottleneck."""
+        return self.entropy_bottleneck.loss()
+
+    @torch.no_grad()
+    def compress(self, x: Tensor) -> bytes:
+        """One rANS stream per batch element."""
+        self.check_shape(x.shape)
+        return pack_streams(self.entropy_bottleneck.compress(self.g_a(x)))
+
+    @torch.no_grad()
+    def decompress(self, data: bytes, shape: tuple[int, ...]) -> Tensor:
+        """Decode the streams, then run the synthesis transform."""
+        self.check_shape(shape)
+        b, _, h, w = shape
+        strings = unpack_streams(data, b, self.name)
+        y_hat = self.entropy_bottleneck.decompress(strings, (h // 8, w // 8))
+        return self.g_s(y_hat.to(next(self.parameters()).device))

@@ -1,0 +1,113 @@
+import pytest
+import torch
+
+from splitfedzip.codecs import CodecError, make_codec
+from splitfedzip.codecs.streams import STREAM_OVERHEAD
+
+
+def count(m):
+    return sum(p.numel() for p in m.parameters())
+
+
+def test_paper_codec_parameter_counts():
+    assert count(make_codec("ae", 64)) == 635_328
+    assert count(make_codec("cheng2020-attn", 64)) == 3_486_289
+    assert count(make_codec("none", 64)) == 0
+
+
+def test_cheng_latent_shapes():
+    codec = make_codec("cheng2020-attn", 64).net
+    y = codec.g_a(torch.zeros(1, 64, 128, 128))
+    assert tuple(y.shape) == (1, 64, 8, 8)
+    assert tuple(codec.h_a(y).shape) == (1, 64, 2, 2)
+
+
+def fit(codec, x, steps):
+    """Train briefly on rate + distortion so the entropy model means something."""
+    opt = torch.optim.Adam([p for n, p in codec.named_parameters() if "quantiles" not in n], 1e-3)
+    aux = torch.optim.Adam([p for n, p in codec.named_parameters() if "quantiles" in n], 1e-2)
+    codec.train()
+    for _ in range(steps):
+        out = codec(x + 0.05 * x.std() * torch.randn_like(x))
+        loss = out.bits() / x.numel() + 10 * out.mse
+        opt.zero_grad(), aux.zero_grad()
+        loss.backward()
+        codec.aux_loss().backward()
+        opt.step(), aux.step()
+    for _ in range(300):  # the quantiles depend on the weights alone: fit them fully
+        aux.zero_grad()
+        codec.aux_loss().backward()
+        aux.step()
+    codec.eval()
+    codec.update()
+    return codec
+
+
+def smooth(shape, scale=1.0):
+    x = torch.nn.functional.avg_pool2d(torch.randn(shape), 5, 1, 2)
+    return scale * x
+
+
+CASES = [
+    ("ae", False, (1, 8, 64, 64), 1.0),
+    ("ae", True, (2, 8, 32, 32), 1e-7),  # gradient-sized values
+    ("cheng2020-attn", False, (1, 8, 64, 64), 1.0),
+    ("cheng2020-attn", True, (1, 8, 64, 64), 1e-7),
+]
+
+
+@pytest.mark.parametrize("name, normalize, shape, scale", CASES)
+def test_bitstream_round_trip_is_exact_and_sized_as_estimated(name, normalize, shape, scale):
+    codec = make_codec(name, shape[1], latent_channels=16, normalize=normalize)
+    x = smooth(shape, scale)
+    fit(codec, x, 100)
+    with torch.no_grad():
+        ref = codec(x)
+    data = codec.compress(x)
+    decoded = codec.decompress(data, shape)
+    assert torch.equal(decoded, ref.x_hat)
+    # The decoded tensor resembles the input: normalisation keeps tiny gradients alive.
+    assert torch.nn.functional.cosine_similarity(decoded.flatten(), x.flatten(), 0) > 0.5
+    streams = shape[0] * (2 if name == "cheng2020-attn" else 1)
+    header = streams * STREAM_OVERHEAD + (4 * shape[0] if normalize else 0)
+    est = ref.bits().item() / 8
+    assert abs(len(data) - est) <= 0.01 * est + header, (len(data), est)
+
+
+def test_none_codec_is_raw_float32():
+    codec = make_codec("none", 4)
+    x = torch.randn(2, 4, 3, 5)
+    data = codec.compress(x)
+    assert len(data) == x.numel() * 4
+    assert torch.equal(codec.decompress(data, tuple(x.shape)), x)
+    with pytest.raises(CodecError, match="expected 480"):
+        codec.decompress(data[:-1], tuple(x.shape))
+
+
+@pytest.mark.parametrize("name, minimum", [("ae", 8), ("cheng2020-attn", 64)])
+def test_too_small_tensor_names_minimum(name, minimum):
+    codec = make_codec(name, 4, latent_channels=8)
+    with pytest.raises(CodecError, match=f"minimum size {minimum}x{minimum}"):
+        codec(torch.zeros(1, 4, minimum // 2, minimum // 2))
+
+
+def test_truncated_bitstream_is_an_error():
+    codec = make_codec("ae", 4, latent_channels=8).eval()
+    codec.update()
+    data = codec.compress(torch.randn(2, 4, 16, 16))
+    with pytest.raises(CodecError, match="claims"):
+        codec.decompress(data[:-3], (2, 4, 16, 16))
+
+
+@pytest.mark.parametrize("name", ["ae", "cheng2020-attn"])
+def test_decoder_state_transfers_to_a_fresh_codec(name):
+    sender = make_codec(name, 4, latent_channels=8, normalize=True)
+    receiver = make_codec(name, 4, latent_channels=8, normalize=True)
+    sender.eval().update()
+    state = sender.decoder_state()
+    assert not any(".g_a." in k for k in state)
+    receiver.load_decoder_state(state)
+    receiver.eval()
+    x = torch.randn(1, 4, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(receiver.decompress(sender.compress(x), (1, 4, 64, 64)), sender(x).x_hat)

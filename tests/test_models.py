@@ -1,0 +1,46 @@
+import pytest
+import torch
+
+from splitfedzip.models import UNet, build_split_unet, split_unet
+
+
+def count(m: torch.nn.Module) -> int:
+    return sum(p.numel() for p in m.parameters())
+
+
+@pytest.mark.parametrize("classes, back_end", [(5, 73_157), (2, 73_058)])
+def test_paper_parameter_counts(classes, back_end):
+    unet = UNet(3, classes, base_width=32)
+    parts = split_unet(unet)
+    assert count(parts.front_end) == 28_768
+    assert count(parts.server) == 7_661_248
+    assert count(parts.back_end) == back_end
+    assert count(parts.front_end) + count(parts.server) + count(parts.back_end) == count(unet)
+    if classes == 5:
+        assert count(unet) == 7_763_173
+
+
+def test_split_shapes_at_paper_resolution():
+    parts = build_split_unet(5, 32, seed=0)
+    with torch.no_grad():
+        s1, skip = parts.front_end(torch.zeros(1, 3, 256, 256))
+        s2 = parts.server(s1)
+    assert tuple(s1.shape) == (1, 64, 128, 128)
+    assert tuple(s2.shape) == (1, 64, 128, 128)
+    assert tuple(skip.shape) == (1, 32, 256, 256)
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_split_equals_unsplit(train):
+    unet = UNet(3, 5, base_width=4).train(train)
+    parts = split_unet(unet)
+    x = torch.randn(2, 3, 64, 64)
+    s1, skip = parts.front_end(x)
+    split_out = parts.back_end(parts.server(s1), skip)
+    torch.testing.assert_close(split_out, unet(x), rtol=0, atol=0)
+
+
+def test_same_seed_same_weights():
+    a, b = build_split_unet(2, 4, seed=3), build_split_unet(2, 4, seed=3)
+    for p, q in zip(a.server.parameters(), b.server.parameters(), strict=True):
+        assert torch.equal(p, q)
