@@ -111,3 +111,14 @@ def test_decoder_state_transfers_to_a_fresh_codec(name):
     x = torch.randn(1, 4, 64, 64)
     with torch.no_grad():
         assert torch.equal(receiver.decompress(sender.compress(x), (1, 4, 64, 64)), sender(x).x_hat)
+
+
+@pytest.mark.parametrize("name", ["ae", "cheng2020-attn"])
+def test_encode_estimate_matches_eval_forward(name):
+    codec = make_codec(name, 4, latent_channels=8).eval()
+    codec.update()
+    x = torch.randn(2, 4, 64, 64)
+    data, est = codec.encode(x)
+    with torch.no_grad():
+        assert est == pytest.approx(codec(x).bits().item(), rel=1e-5)
+    assert data == codec.compress(x)

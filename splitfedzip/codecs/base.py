@@ -71,9 +71,13 @@ class Codec(nn.Module):
         """Auxiliary loss of the entropy bottlenecks (fits their quantiles)."""
         return torch.zeros(())
 
-    def compress(self, x: Tensor) -> bytes:  # pragma: no cover - interface
-        """Encode ``x`` into a bitstream (eval-mode quantisation)."""
+    def encode(self, x: Tensor) -> tuple[bytes, float | None]:  # pragma: no cover - interface
+        """Bitstream for ``x`` (eval-mode quantisation) and the entropy model's size estimate."""
         raise NotImplementedError
+
+    def compress(self, x: Tensor) -> bytes:
+        """Encode ``x`` into a bitstream (eval-mode quantisation)."""
+        return self.encode(x)[0]
 
     def decompress(self, data: bytes, shape: tuple[int, ...]) -> Tensor:  # pragma: no cover
         """Decode a bitstream into a tensor of ``shape``."""

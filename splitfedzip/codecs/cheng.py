@@ -116,12 +116,13 @@ class Cheng2020AttentionCodec(Codec):
         return gc.quantized_cdf.tolist(), gc.cdf_length.tolist(), gc.offset.tolist()
 
     @torch.no_grad()
-    def compress(self, x: Tensor) -> bytes:
-        """Per batch element: the hyper-latent stream, then the latent stream."""
+    def encode(self, x: Tensor) -> tuple[bytes, float]:
+        """Per batch element: the hyper-latent stream, then the latent stream; and the estimate."""
         self.check_shape(x.shape)
         net = self.net
         y = net.g_a(x)
         z = net.h_a(y)
+        _, z_lik = net.entropy_bottleneck(z, training=False)
         z_strings = net.entropy_bottleneck.compress(z)
         z_hat = net.entropy_bottleneck.decompress(z_strings, z.shape[-2:])
         b = x.shape[0]
@@ -134,7 +135,10 @@ class Cheng2020AttentionCodec(Codec):
                 symbols[k] += q[k].int().tolist()
                 indexes[k] += idx[k].tolist()
 
-        self._scan(y, net.h_s(z_hat.to(y.device)), step)
+        y_hat, scales, means = self._scan(y, net.h_s(z_hat.to(y.device)), step)
+        gc = net.gaussian_conditional
+        y_lik = gc.likelihood_lower_bound(gc._likelihood(y_hat, scales, means))
+        est = float(torch.log2(y_lik).sum().neg() + torch.log2(z_lik).sum().neg())
         # One entropy-coder call per element: handing over the CDF tables is the costly part.
         cdf, lengths, offsets = self._tables()
         streams = []
@@ -142,7 +146,7 @@ class Cheng2020AttentionCodec(Codec):
             enc = BufferedRansEncoder()
             enc.encode_with_indexes(symbols[k], indexes[k], cdf, lengths, offsets)
             streams += [z_strings[k], enc.flush()]
-        return pack_streams(streams)
+        return pack_streams(streams), est
 
     @torch.no_grad()
     def decompress(self, data: bytes, shape: tuple[int, ...]) -> Tensor:

@@ -63,10 +63,13 @@ class FactorizedPriorCodec(Codec):
         return self.entropy_bottleneck.loss()
 
     @torch.no_grad()
-    def compress(self, x: Tensor) -> bytes:
-        """One rANS stream per batch element."""
+    def encode(self, x: Tensor) -> tuple[bytes, float]:
+        """One rANS stream per batch element, and the likelihood estimate of its size."""
         self.check_shape(x.shape)
-        return pack_streams(self.entropy_bottleneck.compress(self.g_a(x)))
+        y = self.g_a(x)
+        _, lik = self.entropy_bottleneck(y, training=False)
+        est = float(torch.log2(lik).sum().neg())
+        return pack_streams(self.entropy_bottleneck.compress(y)), est
 
     @torch.no_grad()
     def decompress(self, data: bytes, shape: tuple[int, ...]) -> Tensor:

@@ -53,10 +53,11 @@ class NormalizedCodec(Codec):
         return self.inner.aux_loss()
 
     @torch.no_grad()
-    def compress(self, x: Tensor) -> bytes:
-        """B float32 scales, then the inner bitstream."""
+    def encode(self, x: Tensor) -> tuple[bytes, float | None]:
+        """B float32 scales, then the inner bitstream; the estimate is the inner one's."""
         s = rms_scale(x)
-        return s.cpu().numpy().astype("<f4").tobytes() + self.inner.compress(x / s)
+        data, est = self.inner.encode(x / s)
+        return s.cpu().numpy().astype("<f4").tobytes() + data, est
 
     @torch.no_grad()
     def decompress(self, data: bytes, shape: tuple[int, ...]) -> Tensor:

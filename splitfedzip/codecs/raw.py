@@ -21,9 +21,9 @@ class RawCodec(Codec):
         """Identity."""
         return CodecOutput(x_hat=x, mse=x.new_zeros(()))
 
-    def compress(self, x: Tensor) -> bytes:
-        """Raw little-endian float32 bytes."""
-        return x.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()
+    def encode(self, x: Tensor) -> tuple[bytes, None]:
+        """Raw little-endian float32 bytes; there is no estimate to make."""
+        return x.detach().to("cpu", torch.float32).contiguous().numpy().tobytes(), None
 
     def decompress(self, data: bytes, shape: tuple[int, ...]) -> Tensor:
         """Float32 tensor of ``shape`` from raw bytes."""
