@@ -186,6 +186,8 @@ def test_bd_errors():
         bd_metric(RATES, MJI, [r * 100 for r in RATES], MJI)
     with pytest.raises(ValueError, match="> 0"):
         bd_rate([0.0, *RATES[1:]], MJI, RATES, MJI)
+    with pytest.raises(ValueError, match="4 distinct"):
+        bd_rate(RATES, [0.6, 0.6, 0.7, 0.7, 0.8, 0.8], RATES, MJI)
     with pytest.raises(ValueError, match="method"):
         bd_rate(RATES, MJI, RATES, MJI, method="akima")
 

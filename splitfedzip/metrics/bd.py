@@ -79,8 +79,11 @@ def _integral(x: np.ndarray, y: np.ndarray, lo: float, hi: float, method: str) -
     """Integral over [lo, hi] of y as a function of x, fitted by ``method``."""
     if method == "pchip":
         return _pchip_integral(x, y, lo, hi)
-    antiderivative = np.polyint(np.polyfit(x, y, 3))
-    return float(np.polyval(antiderivative, hi) - np.polyval(antiderivative, lo))
+    if np.unique(x).size < 4:
+        raise ValueError(f"cubic fit needs >= 4 distinct abscissae, got {np.unique(x).size}")
+    # Polynomial.fit works on x mapped to [-1, 1]: well conditioned even for log-rates near -8.
+    antiderivative = np.polynomial.Polynomial.fit(x, y, 3).integ()
+    return float(antiderivative(hi) - antiderivative(lo))
 
 
 def _overlap(a: np.ndarray, b: np.ndarray, what: str) -> tuple[float, float]:
