@@ -1,0 +1,5 @@
+"""Federated averaging."""
+
+from .fedavg import fedavg
+
+__all__ = ["fedavg"]

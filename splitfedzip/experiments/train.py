@@ -1,0 +1,134 @@
+"""``splitfedzip train``: a whole SplitFedZip run with every party in this process."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..config import Config, dump_config
+from ..data import build_federated_data
+from ..metrics.ledger import Ledger
+from ..metrics.summary import summarize
+from ..models import split_channels
+from ..parties.client import Client, ClientResult
+from ..parties.federation_server import FederationServer
+from ..parties.main_server import MainServer
+from ..transport.embedded import EmbeddedChannel
+from ..wire import Kind
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when present, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"train.device: {name!r} requested but CUDA is not available")
+    return torch.device(name)
+
+
+@dataclass
+class RunResult:
+    """Everything a run produced."""
+
+    summary: dict[str, Any]
+    ledger: Ledger
+    clients: list[ClientResult]
+
+
+def run_embedded(cfg: Config, progress: bool = False) -> RunResult:
+    """Run every party in this process over the embedded transport."""
+    start = time.perf_counter()
+    device = resolve_device(cfg.train.device)
+    torch.manual_seed(cfg.train.seed)
+    data = build_federated_data(cfg.data, cfg.train.seed)
+    num_classes = cfg.model.num_classes or data.num_classes
+    n = len(data.clients)
+    ledger = Ledger()
+    main = MainServer(cfg, num_classes, n, device)
+    federation = FederationServer(cfg, num_classes, n)
+    clients = [
+        Client(
+            cid, cfg, num_classes, cd.train, cd.val,
+            EmbeddedChannel(main, cid, "main", ledger),
+            EmbeddedChannel(federation, cid, "federation", ledger),
+            device, test=data.test if cid == 0 else None, progress=progress,
+        )
+        for cid, cd in enumerate(data.clients)
+    ]  # fmt: skip
+
+    async def run_all() -> list[ClientResult]:
+        return list(await asyncio.gather(*(c.run() for c in clients)))
+
+    results = asyncio.run(run_all())
+    summary = build_summary(cfg, ledger, results, len(data.test))
+    summary["wall_seconds"] = time.perf_counter() - start
+    summary["device"] = str(device)
+    return RunResult(summary, ledger, results)
+
+
+def build_summary(
+    cfg: Config, ledger: Ledger, results: list[ClientResult], test_images: int
+) -> dict[str, Any]:
+    """summary.json's content from the ledger and the tester's metrics."""
+    test = next(r.test for r in results if r.test is not None)
+    size = cfg.data.image_size
+    raw = test_images * split_channels(cfg.model.base_width) * (size // 2) ** 2 * 4
+    summary = {"scheme": cfg.scheme, "codec": cfg.codec, "lambda": cfg.lmbda}
+    summary |= summarize(ledger, test, test_images * size * size, raw)
+    summary["clients"] = len(results)
+    return summary
+
+
+def metrics_rows(result: RunResult) -> list[dict[str, Any]]:
+    """One row per round: losses and the bytes that crossed in that round."""
+    rounds: dict[int, dict[str, Any]] = {}
+    for cr in result.clients:
+        for h in cr.history:
+            row = rounds.setdefault(h["round"], {"round": h["round"], "_train": [], "_val": []})
+            if "global_val_loss" in h:
+                row.setdefault("_global", []).append(h["global_val_loss"])
+            else:
+                row["_train"].append(h["train_loss"])
+                row["_val"].append(h["val_loss"])
+    for row in result.ledger.rows:
+        if row.phase == "test" or row.round not in rounds:
+            continue
+        key = {Kind.FEATURE.label: "bytes_features", Kind.GRADIENT.label: "bytes_gradients"}.get(
+            row.kind, "bytes_federation"
+        )
+        rounds[row.round][key] = rounds[row.round].get(key, 0) + row.bytes
+    out = []
+    for r in sorted(rounds):
+        row = rounds[r]
+        out.append({
+            "round": r,
+            "train_loss": float(np.mean(row["_train"])) if row["_train"] else None,
+            "local_val_loss": float(np.mean(row["_val"])) if row["_val"] else None,
+            "global_val_loss": float(np.mean(row["_global"])) if row.get("_global") else None,
+            "bytes_features": row.get("bytes_features", 0),
+            "bytes_gradients": row.get("bytes_gradients", 0),
+            "bytes_federation": row.get("bytes_federation", 0),
+        })  # fmt: skip
+    return out
+
+
+def write_outputs(cfg: Config, result: RunResult, out: Path) -> None:
+    """config.yaml, metrics.csv, ledger.csv, summary.json, checkpoints/."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(dump_config(cfg))
+    rows = metrics_rows(result)
+    with open(out / "metrics.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    result.ledger.write_csv(out / "ledger.csv")
+    (out / "summary.json").write_text(json.dumps(result.summary, indent=2) + "\n")
+    (out / "checkpoints").mkdir(exist_ok=True)

@@ -1,0 +1,268 @@
+"""A client (a hospital): holds its data, the front end, the back end and its sending codecs."""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from ..codecs import codec_id
+from ..config import Config
+from ..metrics.segmentation import SegmentationMeter, soft_dice_loss
+from ..transport.base import Channel
+from ..wire import Kind, Phase, Split
+from .crossing import CodecReceiver, CodecSender
+from .messages import (
+    Ids,
+    control_frame,
+    control_of,
+    expect,
+    frames,
+    state_of,
+    sync_frame,
+    tensor_frame,
+    weights_frame,
+)
+from .models import SCHEMES, ClientModel, crossing_codec, exchanged_state
+from .rng import RngScope
+
+
+@dataclass
+class ClientResult:
+    """What a client reports when the run ends (the tester also reports test metrics)."""
+
+    client: int
+    test: dict[str, Any] | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Client:
+    """Runs the client side of the protocol; talks to the servers only through channels."""
+
+    def __init__(
+        self,
+        cid: int,
+        cfg: Config,
+        num_classes: int,
+        train: Dataset,
+        val: Dataset,
+        main: Channel,
+        federation: Channel,
+        device: torch.device,
+        test: Dataset | None = None,
+        progress: bool = False,
+    ) -> None:
+        self.cid, self.cfg, self.device = cid, cfg, device
+        self.train_set, self.val_set, self.test_set = train, val, test
+        self.main, self.federation = main, federation
+        self.progress = progress
+        self.model = ClientModel(cfg, num_classes).to(device)
+        self.compressed = any(SCHEMES[cfg.scheme])
+        opts = cfg.codec_options
+        self.s1f = CodecSender(self.model.s1_feature, cfg.lmbda, opts.lr, opts.aux_lr)
+        self.s2g = CodecSender(self.model.s2_gradient, cfg.lmbda, opts.lr, opts.aux_lr)
+        self.rx_s2f = CodecReceiver(crossing_codec(cfg, "feature"), device)
+        self.rx_s1g = CodecReceiver(crossing_codec(cfg, "gradient"), device)
+        self.rng = RngScope(cfg.train.seed * 1000 + 17 + cid)
+        self._loader_gen = torch.Generator().manual_seed(cfg.train.seed * 1000 + 31 + cid)
+        self.opt: torch.optim.Optimizer | None = None
+
+    # --- the run -------------------------------------------------------------------------
+
+    async def run(self) -> ClientResult:
+        """Join, train every round, report validation, and (the tester) run the test pass."""
+        cfg, result = self.cfg, ClientResult(self.cid)
+        ids = Ids(client=self.cid)
+        join = {"type": "join", "train_samples": len(self.train_set)}
+        await self._control(self.federation, ids, join)
+        await self._control(self.main, ids, join)
+        for r in range(cfg.train.rounds + 1):
+            ids = Ids(round=r, client=self.cid)
+            await self._load_global(ids)
+            await self._control(self.main, ids, {"type": "round_start"})
+            await self.sync(ids)
+            if r > 0:  # validate the global model averaged at the end of round r-1
+                val = await self.validate(ids)
+                await self._control(self.federation, ids, {"type": "val_report", "loss": val})
+                result.history.append({"round": r - 1, "global_val_loss": val})
+            if r == cfg.train.rounds:
+                break
+            await self._local_training(ids, result)
+        if self.test_set is not None:
+            result.test = await self.test()
+        await self._control(self.main, Ids(client=self.cid), {"type": "bye"})
+        await self._control(self.federation, Ids(client=self.cid), {"type": "bye"})
+        return result
+
+    async def _local_training(self, ids: Ids, result: ClientResult) -> None:
+        cfg = self.cfg
+        self._reset_optimizers()
+        best, best_loss, best_epoch = None, math.inf, cfg.train.local_epochs
+        for e in range(1, cfg.train.local_epochs + 1):
+            ids = ids.at(epoch=e)
+            train_loss = await self.train_epoch(ids)
+            val = await self.validate(ids.at(phase=Phase.VAL))
+            await self._control(self.main, ids, {"type": "epoch_end", "val_loss": val})
+            result.history.append(
+                {"round": ids.round, "epoch": e, "train_loss": train_loss, "val_loss": val}
+            )
+            if cfg.federation.select == "best" and val < best_loss:
+                best, best_loss, best_epoch = copy.deepcopy(self.model.state_dict()), val, e
+        if best is not None:
+            self.model.load_state_dict(best)
+        ids = ids.at(epoch=best_epoch)
+        await self._control(self.main, ids, {"type": "select", "epoch": best_epoch})
+        message = control_frame(ids, {"type": "submit", "train_samples": len(self.train_set)})
+        message += weights_frame(ids, exchanged_state(self.model))
+        expect(frames(await self.federation.request(message))[0], Kind.CONTROL, "submit ack")
+
+    async def _load_global(self, ids: Ids) -> None:
+        reply = frames(await self.federation.request(control_frame(ids, {"type": "get_global"})))
+        state = state_of(reply[0])
+        missing, unexpected = self.model.load_state_dict(state, strict=False)
+        tables = ("_quantized_cdf", "_offset", "_cdf_length", "scale_table")
+        if unexpected or any(not k.endswith(tables) for k in missing):
+            raise RuntimeError(
+                f"global weights do not fit the client model: {missing or unexpected}"
+            )
+
+    def _reset_optimizers(self) -> None:
+        params = [*self.model.front_end.parameters(), *self.model.back_end.parameters()]
+        self.opt = torch.optim.Adam(params, lr=self.cfg.train.lr)
+        self.s1f.reset_optimizers()
+        self.s2g.reset_optimizers()
+
+    async def _control(self, channel: Channel, ids: Ids, msg: dict[str, Any]) -> dict[str, Any]:
+        return control_of(frames(await channel.request(control_frame(ids, msg)))[0])
+
+    # --- codec syncs ---------------------------------------------------------------------
+
+    async def sync(self, ids: Ids) -> None:
+        """Send snapshots of the client's codecs; install the main server's."""
+        message = control_frame(ids, {"type": "sync"})
+        for split, sender in ((Split.S1, self.s1f), (Split.S2, self.s2g)):
+            published = sender.publish()
+            if published is not None:
+                version, state = published
+                message += sync_frame(ids, split, codec_id(sender.live), version, state)
+        for f in frames(await self.main.request(message)):
+            h = expect(f, Kind.CODEC_SYNC, "codec sync").header
+            rx = self.rx_s2f if h.split == Split.S2 else self.rx_s1g
+            rx.sync(h.codec_version, f.payload)
+
+    # --- one batch -----------------------------------------------------------------------
+
+    def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            dataset, batch_size=self.cfg.train.batch_size, shuffle=shuffle,
+            generator=self._loader_gen if shuffle else None, drop_last=False,
+        )  # fmt: skip
+
+    async def train_epoch(self, ids: Ids) -> float:
+        """One local epoch over the training set; returns the mean Dice loss."""
+        cfg, losses = self.cfg, []
+        self.model.train()
+        loader = self._loader(self.train_set, shuffle=True)
+        limit = cfg.train.max_batches or len(loader)
+        bar = tqdm(
+            total=min(limit, len(loader)), disable=not self.progress, leave=False,
+            desc=f"client {self.cid} round {ids.round} epoch {ids.epoch}",
+        )  # fmt: skip
+        for b, (x, y) in enumerate(loader):
+            if b >= limit:
+                break
+            every = cfg.federation.codec_sync_every
+            if every and b and b % every == 0:
+                await self.sync(ids.at(batch=b))
+            losses.append(await self.train_batch(ids.at(batch=b), x, y))
+            bar.update()
+        bar.close()
+        return float(np.mean(losses))
+
+    async def train_batch(self, ids: Ids, x: torch.Tensor, y: torch.Tensor) -> float:
+        """FE -> S1 -> server -> S2 -> BE -> loss -> S2 gradient -> server -> S1 gradient -> FE."""
+        x, y = x.to(self.device), y.to(self.device)
+        pixels = x.shape[0] * x.shape[2] * x.shape[3]
+        with self.rng.active(), torch.enable_grad():
+            s1, skip = self.model.front_end(x)
+            out1 = self.s1f.forward(s1)
+            enc = self.s1f.encode(s1)
+        reply = await self.main.request(
+            tensor_frame(ids, Kind.FEATURE, Split.S1, s1.shape, enc), {0: enc.est_bits}
+        )
+        s2 = self.rx_s2f.decode(expect(frames(reply)[0], Kind.FEATURE, "S2 features"))
+        with self.rng.active(), torch.enable_grad():
+            s2.requires_grad_(True)
+            skip_leaf = skip.detach().requires_grad_(True)
+            dice = soft_dice_loss(self.model.back_end(s2, skip_leaf), y)
+            # Eq. (1)-(3): λ weighs the task term whenever something is compressed.
+            ((self.cfg.lmbda if self.compressed else 1.0) * dice).backward()
+            g2 = s2.grad.detach()
+            out_g2 = self.s2g.forward(g2)
+            enc = self.s2g.encode(g2)
+        reply = await self.main.request(
+            tensor_frame(ids, Kind.GRADIENT, Split.S2, g2.shape, enc), {0: enc.est_bits}
+        )
+        g1 = self.rx_s1g.decode(expect(frames(reply)[0], Kind.GRADIENT, "S1 gradient"))
+        with self.rng.active(), torch.enable_grad():
+            # The decoded S1 gradient enters through the live codec's reconstruction; the skip
+            # connection's gradient is local. Codec losses add their rate and distortion terms.
+            tensors, grads = [out1.x_hat, skip], [g1, skip_leaf.grad]
+            for sender, out in ((self.s1f, out1), (self.s2g, out_g2)):
+                loss = sender.loss(out, pixels)
+                if loss is not None:
+                    tensors.append(loss)
+                    grads.append(None)
+            torch.autograd.backward(tensors, grads)
+            self.opt.step()
+            self.opt.zero_grad(set_to_none=True)
+            self.s1f.step()
+            self.s2g.step()
+        return float(dice.detach())
+
+    # --- evaluation ----------------------------------------------------------------------
+
+    async def _evaluate(self, ids: Ids, dataset: Dataset, meter: SegmentationMeter | None):
+        # Grad mode is thread-global: never hold it across an await.
+        self.model.eval()
+        losses = []
+        for b, (x, y) in enumerate(self._loader(dataset, shuffle=False)):
+            x, y = x.to(self.device), y.to(self.device)
+            with torch.no_grad():
+                s1, skip = self.model.front_end(x)
+                enc = self.s1f.encode(s1)
+            bids = ids.at(batch=b)
+            reply = await self.main.request(
+                tensor_frame(bids, Kind.FEATURE, Split.S1, s1.shape, enc), {0: enc.est_bits}
+            )
+            s2 = self.rx_s2f.decode(expect(frames(reply)[0], Kind.FEATURE, "S2 features"))
+            with torch.no_grad():
+                logits = self.model.back_end(s2, skip)
+                losses.append(float(soft_dice_loss(logits, y)))
+            if meter is not None:
+                meter.update(logits, y)
+        self.model.train()
+        return float(np.mean(losses))
+
+    async def validate(self, ids: Ids) -> float:
+        """Mean Dice loss on the validation set, eval mode, real bitstreams."""
+        return await self._evaluate(ids.at(phase=Phase.VAL), self.val_set, None)
+
+    async def test(self) -> dict[str, Any]:
+        """Test the best global model (as chosen by the federation server)."""
+        ids = Ids(client=self.cid, phase=Phase.TEST)
+        reply = frames(await self.federation.request(control_frame(ids, {"type": "best_global"})))
+        best = control_of(reply[0], "best_global")
+        self.model.load_state_dict(state_of(reply[1]), strict=False)
+        ids = ids.at(round=best["round"])
+        await self._control(self.main, ids, {"type": "test_start"})
+        await self.sync(ids)
+        meter = SegmentationMeter(self.model.back_end.head.out_channels)
+        loss = await self._evaluate(ids, self.test_set, meter)
+        return {"round": best["round"], "loss": loss, **meter.result()}

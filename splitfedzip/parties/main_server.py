@@ -1,0 +1,243 @@
+"""The main server: the large middle of the U-Net, one replica per client (SplitFed V1) or one
+shared model trained client after client (V2), and the codecs it sends with."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from ..codecs import codec_id
+from ..config import Config
+from ..federation import fedavg
+from ..transport.base import Reply
+from ..wire import Frame, Kind, Phase, Split
+from .crossing import CodecReceiver, CodecSender
+from .messages import (
+    Ids,
+    ProtocolError,
+    control_frame,
+    control_of,
+    expect,
+    frames,
+    sync_frame,
+    tensor_frame,
+)
+from .models import ServerModel, crossing_codec, exchanged_state
+from .rng import RngScope
+
+
+@dataclass
+class Replica:
+    """A server model with its optimiser and sending codecs."""
+
+    model: ServerModel
+    s2f: CodecSender
+    s1g: CodecSender
+    opt: torch.optim.Optimizer
+
+
+@dataclass
+class Peer:
+    """What the main server keeps for one client."""
+
+    replica: Replica
+    rx_s1f: CodecReceiver
+    rx_s2g: CodecReceiver
+    rng: RngScope
+    train_samples: int = 0
+    pending: tuple[Tensor, object, int] | None = None
+    best: tuple[int, float, dict[str, Tensor]] | None = None
+    history: list[float] = field(default_factory=list)
+
+
+class MainServer:
+    """Answers the clients' per-batch exchanges and averages the server replicas each round."""
+
+    def __init__(self, cfg: Config, num_classes: int, num_clients: int, device: torch.device):
+        self.cfg, self.num_classes, self.device = cfg, num_classes, device
+        self.num_clients = num_clients
+        self.peers: dict[int, Peer] = {}
+        seed = cfg.train.seed
+        self._template = ServerModel(cfg, num_classes, seed).to(device)
+        self.globals: dict[int, dict[str, Tensor]] = {0: exchanged_state(self._template)}
+        self._shared = self._make_replica() if cfg.federation.variant == "v2" else None
+        self._selected: dict[int, set[int]] = {}
+        self._cond = asyncio.Condition()
+
+    def _make_replica(self) -> Replica:
+        cfg, opts = self.cfg, self.cfg.codec_options
+        model = copy.deepcopy(self._template)
+        return Replica(
+            model,
+            CodecSender(model.s2_feature, cfg.lmbda, opts.lr, opts.aux_lr),
+            CodecSender(model.s1_gradient, cfg.lmbda, opts.lr, opts.aux_lr),
+            torch.optim.Adam(model.server.parameters(), lr=cfg.train.lr),
+        )
+
+    def _peer(self, client: int) -> Peer:
+        if client not in self.peers:
+            raise ProtocolError(f"client {client} has not joined the main server")
+        return self.peers[client]
+
+    async def handle(self, request: bytes, client: int) -> Reply:
+        """Answer one message from ``client``."""
+        msgs = frames(request)
+        head = msgs[0]
+        kind = head.header.kind
+        if head.header.client != client:
+            raise ProtocolError(f"frame names client {head.header.client}, sender is {client}")
+        if kind == Kind.CONTROL:
+            return await self._control(control_of(head), head, msgs[1:], client)
+        if kind == Kind.FEATURE and head.header.phase == Phase.TRAIN:
+            return self._forward_train(self._peer(client), head)
+        if kind == Kind.FEATURE:
+            return self._forward_eval(self._peer(client), head)
+        if kind == Kind.GRADIENT:
+            return self._backward(self._peer(client), head)
+        raise ProtocolError(f"main server does not accept {kind.label} frames here")
+
+    # --- control -------------------------------------------------------------------------
+
+    async def _control(self, msg: dict, head: Frame, rest: list[Frame], client: int) -> Reply:
+        ids = Ids(head.header.round, head.header.epoch, 0, client, head.header.phase)
+        kind = msg["type"]
+        if kind == "join":
+            replica = self._shared or self._make_replica()
+            self.peers[client] = Peer(
+                replica,
+                CodecReceiver(crossing_codec(self.cfg, "feature"), self.device),
+                CodecReceiver(crossing_codec(self.cfg, "gradient"), self.device),
+                RngScope(self.cfg.train.seed * 1000 + 500 + client),
+                int(msg["train_samples"]),
+            )
+        elif kind == "round_start":
+            await self._round_start(self._peer(client), ids.round)
+        elif kind == "sync":
+            return self._sync(self._peer(client), ids, rest)
+        elif kind == "epoch_end":
+            self._epoch_end(self._peer(client), ids.epoch, float(msg["val_loss"]))
+        elif kind == "select":
+            await self._select(client, ids.round, int(msg["epoch"]))
+        elif kind == "test_start":
+            await self._load_global(self._peer(client), ids.round)
+        elif kind != "bye":
+            raise ProtocolError(f"main server: unknown control message {kind!r}")
+        return Reply(control_frame(ids, {"type": "ack"}))
+
+    async def _load_global(self, peer: Peer, r: int) -> None:
+        async with self._cond:
+            await self._cond.wait_for(lambda: r in self.globals)
+        if self._shared is None or r not in self._loaded_rounds():
+            peer.replica.model.load_state_dict(self.globals[r], strict=False)
+
+    def _loaded_rounds(self) -> set[int]:
+        # V2 keeps training one model across rounds; it is never overwritten by a global.
+        return set(self.globals)
+
+    async def _round_start(self, peer: Peer, r: int) -> None:
+        await self._load_global(peer, r)
+        peer.best, peer.pending = None, None
+        if self._shared is None:
+            rep = peer.replica
+            rep.opt = torch.optim.Adam(rep.model.server.parameters(), lr=self.cfg.train.lr)
+            rep.s2f.reset_optimizers()
+            rep.s1g.reset_optimizers()
+
+    def _sync(self, peer: Peer, ids: Ids, rest: list[Frame]) -> Reply:
+        for f in rest:
+            h = expect(f, Kind.CODEC_SYNC, "codec sync").header
+            (peer.rx_s1f if h.split == Split.S1 else peer.rx_s2g).sync(h.codec_version, f.payload)
+        out = b""
+        for split, sender in ((Split.S2, peer.replica.s2f), (Split.S1, peer.replica.s1g)):
+            published = sender.publish(receiver=ids.client)
+            if published is not None:
+                out += sync_frame(ids, split, codec_id(sender.live), *published)
+        return Reply(out)
+
+    def _epoch_end(self, peer: Peer, epoch: int, val_loss: float) -> None:
+        # The client picks its best epoch by the same rule; keep the matching replica state.
+        if self._shared is None and self.cfg.federation.select == "best":
+            if peer.best is None or val_loss < peer.best[1]:
+                peer.best = (epoch, val_loss, copy.deepcopy(peer.replica.model.state_dict()))
+
+    async def _select(self, client: int, r: int, epoch: int) -> None:
+        peer = self._peer(client)
+        if peer.best is not None:
+            if peer.best[0] != epoch:
+                raise ProtocolError(
+                    f"client {client} selected epoch {epoch}, server kept {peer.best[0]}"
+                )
+            peer.replica.model.load_state_dict(peer.best[2])
+        async with self._cond:
+            done = self._selected.setdefault(r, set())
+            done.add(client)
+            if len(done) == self.num_clients:
+                self.globals[r + 1] = self._average(sorted(done))
+                self._cond.notify_all()
+
+    def _average(self, clients: list[int]) -> dict[str, Tensor]:
+        if self._shared is not None:
+            return exchanged_state(self._shared.model)
+        states = [exchanged_state(self.peers[c].replica.model) for c in clients]
+        return fedavg(states, [self.peers[c].train_samples for c in clients])
+
+    # --- per batch -----------------------------------------------------------------------
+
+    def _forward_train(self, peer: Peer, frame: Frame) -> Reply:
+        h = frame.header
+        s1 = peer.rx_s1f.decode(frame)
+        pixels = s1.shape[0] * 4 * s1.shape[2] * s1.shape[3]  # S1 is half the input size
+        rep = peer.replica
+        with peer.rng.active(), torch.enable_grad():
+            s1.requires_grad_(True)
+            rep.model.train()
+            s2 = rep.model.server(s1)
+            out = rep.s2f.forward(s2)
+            enc = rep.s2f.encode(s2, receiver=h.client)
+        peer.pending = (s1, out, pixels)
+        ids = Ids(h.round, h.epoch, h.batch, h.client, h.phase)
+        return Reply(tensor_frame(ids, Kind.FEATURE, Split.S2, s2.shape, enc), {0: enc.est_bits})
+
+    def _forward_eval(self, peer: Peer, frame: Frame) -> Reply:
+        h = frame.header
+        s1 = peer.rx_s1f.decode(frame)
+        rep = peer.replica
+        with torch.no_grad():
+            rep.model.eval()
+            s2 = rep.model.server(s1)
+            enc = rep.s2f.encode(s2, receiver=h.client)
+            rep.model.train()
+        ids = Ids(h.round, h.epoch, h.batch, h.client, h.phase)
+        return Reply(tensor_frame(ids, Kind.FEATURE, Split.S2, s2.shape, enc), {0: enc.est_bits})
+
+    def _backward(self, peer: Peer, frame: Frame) -> Reply:
+        h = frame.header
+        if peer.pending is None:
+            raise ProtocolError(f"client {h.client}: S2 gradient without a pending forward pass")
+        g2 = peer.rx_s2g.decode(frame)
+        s1, out, pixels = peer.pending
+        peer.pending = None
+        rep = peer.replica
+        with peer.rng.active(), torch.enable_grad():
+            tensors, grads = [out.x_hat], [g2]
+            loss = rep.s2f.loss(out, pixels)
+            if loss is not None:
+                tensors.append(loss)
+                grads.append(None)
+            torch.autograd.backward(tensors, grads)
+            g1 = s1.grad.detach()
+            out_g1 = rep.s1g.forward(g1)
+            loss_g = rep.s1g.loss(out_g1, pixels)
+            if loss_g is not None:
+                loss_g.backward()
+            enc = rep.s1g.encode(g1, receiver=h.client)
+            rep.opt.step()
+            rep.opt.zero_grad(set_to_none=True)
+            rep.s2f.step()
+            rep.s1g.step()
+        ids = Ids(h.round, h.epoch, h.batch, h.client, h.phase)
+        return Reply(tensor_frame(ids, Kind.GRADIENT, Split.S1, g1.shape, enc), {0: enc.est_bits})

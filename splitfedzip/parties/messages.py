@@ -1,0 +1,103 @@
+"""Building and reading the frames the parties exchange."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..wire import (
+    Frame,
+    Header,
+    Kind,
+    Phase,
+    Split,
+    encode_frame,
+    pack_control,
+    pack_state,
+    read_frames,
+    unpack_control,
+    unpack_state,
+)
+from .crossing import Encoded
+
+
+class ProtocolError(RuntimeError):
+    """A party received a message it did not expect at this point of the protocol."""
+
+
+@dataclass(frozen=True)
+class Ids:
+    """Where a message belongs: round, local epoch, batch, client, phase."""
+
+    round: int = 0
+    epoch: int = 0
+    batch: int = 0
+    client: int = 0
+    phase: Phase = Phase.TRAIN
+
+    def at(self, **changes: Any) -> Ids:
+        """A copy with some fields changed."""
+        return replace(self, **changes)
+
+    def header(self, kind: Kind, split: Split = Split.NONE, **fields: Any) -> Header:
+        """A frame header carrying these ids."""
+        return Header(
+            kind=kind, round=self.round, epoch=self.epoch, batch=self.batch,
+            client=self.client, split=split, phase=self.phase, **fields,
+        )  # fmt: skip
+
+
+def tensor_frame(ids: Ids, kind: Kind, split: Split, shape: torch.Size, enc: Encoded) -> bytes:
+    """A feature or gradient frame holding a coded tensor."""
+    h = ids.header(
+        kind, split, shape=tuple(shape), dtype=torch.float32, codec=enc.codec,
+        codec_version=enc.version,
+    )  # fmt: skip
+    return encode_frame(h, enc.payload)
+
+
+def control_frame(ids: Ids, message: dict[str, Any]) -> bytes:
+    """A control frame with a JSON body (it must have a ``type``)."""
+    return encode_frame(ids.header(Kind.CONTROL), pack_control(message))
+
+
+def weights_frame(ids: Ids, state: dict[str, Tensor]) -> bytes:
+    """A weights frame holding a state dict."""
+    return encode_frame(ids.header(Kind.WEIGHTS), pack_state(state))
+
+
+def sync_frame(ids: Ids, split: Split, codec: int, version: int, state: bytes) -> bytes:
+    """A codec-sync frame: the decoder side of snapshot ``version``."""
+    return encode_frame(
+        ids.header(Kind.CODEC_SYNC, split, codec=codec, codec_version=version), state
+    )
+
+
+def frames(message: bytes) -> list[Frame]:
+    """The frames of a message, in order."""
+    return read_frames(message)
+
+
+def expect(frame: Frame, kind: Kind, what: str) -> Frame:
+    """Check a frame's kind, naming what was expected."""
+    if frame.header.kind != kind:
+        raise ProtocolError(
+            f"expected {what} ({kind.label}), got a {frame.header.kind.label} frame"
+        )
+    return frame
+
+
+def control_of(frame: Frame, *types: str) -> dict[str, Any]:
+    """The JSON body of a control frame, checking its type."""
+    msg = unpack_control(expect(frame, Kind.CONTROL, "/".join(types) or "control").payload)
+    if types and msg["type"] not in types:
+        raise ProtocolError(f"expected control message {'/'.join(types)}, got {msg['type']!r}")
+    return msg
+
+
+def state_of(frame: Frame) -> dict[str, Tensor]:
+    """The state dict of a weights frame."""
+    return unpack_state(expect(frame, Kind.WEIGHTS, "weights").payload)

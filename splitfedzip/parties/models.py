@@ -1,0 +1,57 @@
+"""What each party holds: the client's and the main server's modules and codecs."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from ..codecs import Codec, make_codec
+from ..config import Config
+from ..models import BackEnd, FrontEnd, ServerPart, build_split_unet, split_channels
+from .rng import seeded
+
+# Scheme -> which of (features, gradients) are compressed.
+SCHEMES = {"nc": (False, False), "f": (True, False), "g": (False, True), "fg": (True, True)}
+# Entropy-coder tables: derived from the weights, sized by them, never averaged.
+_TABLES = ("_quantized_cdf", "_offset", "_cdf_length", "scale_table")
+
+
+def crossing_codec(cfg: Config, kind: str) -> Codec:
+    """The codec for a feature or gradient crossing under the configured scheme."""
+    features, gradients = SCHEMES[cfg.scheme]
+    compressed = features if kind == "feature" else gradients
+    return make_codec(
+        cfg.codec if compressed else "none",
+        split_channels(cfg.model.base_width),
+        latent_channels=cfg.codec_options.latent_channels,
+        normalize=kind == "gradient",
+    )
+
+
+def exchanged_state(module: nn.Module) -> dict[str, Tensor]:
+    """The state a party exchanges for averaging: weights and BN statistics, no coder tables."""
+    return {k: v.detach().cpu() for k, v in module.state_dict().items() if not k.endswith(_TABLES)}
+
+
+class ClientModel(nn.Module):
+    """A client's part of the system: front end, back end, the codecs it sends with."""
+
+    def __init__(self, cfg: Config, num_classes: int, seed: int = 0) -> None:
+        super().__init__()
+        # The U-Net seed is shared with the main server: FE + server + BE is one U-Net.
+        parts = build_split_unet(num_classes, cfg.model.base_width, seed)
+        self.front_end: FrontEnd = parts.front_end
+        self.back_end: BackEnd = parts.back_end
+        with seeded(seed + 1):
+            self.s1_feature = crossing_codec(cfg, "feature")
+            self.s2_gradient = crossing_codec(cfg, "gradient")
+
+
+class ServerModel(nn.Module):
+    """The main server's part: the server part of the U-Net and the codecs it sends with."""
+
+    def __init__(self, cfg: Config, num_classes: int, seed: int = 0) -> None:
+        super().__init__()
+        self.server: ServerPart = build_split_unet(num_classes, cfg.model.base_width, seed).server
+        with seeded(seed + 2):
+            self.s2_feature = crossing_codec(cfg, "feature")
+            self.s1_gradient = crossing_codec(cfg, "gradient")
