@@ -1,0 +1,373 @@
+"""The gRPC transport: each client holds one long-lived bidirectional stream per serving party.
+
+Messages travel as raw bytes (identity serialisers, no generated code). On each stream the
+client writes a request message and reads the answer, strictly in turn. The server checks the
+client's identity when the stream opens (a per-client token, and/or the CN ``client-N`` of a
+mutual-TLS certificate), validates every request's frames before the party sees them, and
+answers a bad request with an error status that ends that client's stream only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import math
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import grpc.aio
+
+from ..metrics.ledger import Ledger
+from ..wire import FrameError, read_frames
+from .base import Channel, Handler, TransportError
+
+SERVICE = "splitfedzip.Party"
+METHOD = f"/{SERVICE}/Exchange"
+DEFAULT_MAX_MESSAGE = 256 << 20  # 256 MiB: an fg weights message of the paper's model fits
+GRPC_PREFIX = 5  # gRPC message prefix: 1 compressed flag + 4 length bytes
+HTTP2_FRAME_HEADER = 9
+HTTP2_MAX_FRAME = 16384  # the HTTP/2 default SETTINGS_MAX_FRAME_SIZE, which grpcio keeps
+
+log = logging.getLogger(__name__)
+
+
+def wire_bytes(message_len: int) -> int:
+    """Estimated bytes on the wire for one message: gRPC prefix plus HTTP/2 DATA frame headers."""
+    data = message_len + GRPC_PREFIX
+    return data + HTTP2_FRAME_HEADER * max(1, math.ceil(data / HTTP2_MAX_FRAME))
+
+
+def channel_options(max_message: int) -> list[tuple[str, Any]]:
+    """Size limits and keepalive pings shared by both ends."""
+    return [
+        ("grpc.max_send_message_length", max_message),
+        ("grpc.max_receive_message_length", max_message),
+        # Pings detect a peer that vanished without closing its connection.
+        ("grpc.keepalive_time_ms", 20_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ]
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """PEM files: this side's certificate and key, and the CA that signs the peer's."""
+
+    cert: Path | None = None
+    key: Path | None = None
+    ca: Path | None = None
+
+    def read(self) -> tuple[bytes | None, bytes | None, bytes | None]:
+        """The three PEM blobs (None where not given)."""
+        cert, key, ca = (
+            None if p is None else Path(p).read_bytes() for p in (self.cert, self.key, self.ca)
+        )
+        return cert, key, ca
+
+
+@dataclass(frozen=True)
+class ServerSecurity:
+    """How a serving party authenticates itself and its clients.
+
+    ``tls.ca`` set: mutual TLS, the client certificate's CN must be ``client-N``. ``tokens``
+    set: each client must present its own bearer token. ``insecure``: plaintext, and with
+    neither check the client's claimed id is believed (local experiments only).
+    """
+
+    tls: TlsFiles | None = None
+    tokens: Mapping[int, str] | None = None
+    insecure: bool = False
+
+    def __post_init__(self) -> None:
+        if self.insecure and self.tls is not None:
+            raise ValueError("--insecure and TLS files are mutually exclusive")
+        if not self.insecure and (self.tls is None or not (self.tls.cert and self.tls.key)):
+            raise ValueError("a server needs --tls-cert and --tls-key, or --insecure")
+
+    @property
+    def mutual_tls(self) -> bool:
+        """True when client certificates are required."""
+        return self.tls is not None and self.tls.ca is not None
+
+
+@dataclass(frozen=True)
+class ClientSecurity:
+    """How a client reaches a server: TLS trust (and its certificate for mTLS), and its token."""
+
+    tls: TlsFiles | None = None
+    token: str | None = None
+    insecure: bool = False
+
+    def __post_init__(self) -> None:
+        if self.insecure and self.tls is not None:
+            raise ValueError("--insecure and TLS files are mutually exclusive")
+        if not self.insecure and (self.tls is None or self.tls.ca is None):
+            raise ValueError("a client needs --tls-ca (the server's CA), or --insecure")
+
+
+def _status_for(exc: BaseException) -> grpc.StatusCode:
+    if isinstance(exc, FrameError):
+        return grpc.StatusCode.INVALID_ARGUMENT
+    if isinstance(exc, ValueError | KeyError | IndexError):
+        return grpc.StatusCode.FAILED_PRECONDITION  # a protocol error from the party
+    return grpc.StatusCode.INTERNAL
+
+
+class PartyService:
+    """Serves one party's :class:`Handler` on the ``Exchange`` stream."""
+
+    def __init__(
+        self,
+        handler: Handler,
+        *,
+        peer: str,
+        security: ServerSecurity,
+        ledger: Ledger | None = None,
+        max_message: int = DEFAULT_MAX_MESSAGE,
+        until_clients: int | None = None,
+    ) -> None:
+        self.handler, self.peer, self.security = handler, peer, security
+        self.ledger, self.max_message = ledger, max_message
+        self.until_clients = until_clients
+        self.active: set[int] = set()
+        self.finished: set[int] = set()
+        self.done = asyncio.Event()
+
+    async def _identify(self, context: grpc.aio.ServicerContext) -> int:
+        metadata = {k: v for k, v in context.invocation_metadata() or ()}
+        raw_id = metadata.get("x-client-id")
+        try:
+            client = int(raw_id) if raw_id is not None else -1
+        except ValueError:
+            client = -1
+        if client < 0:
+            await context.abort(
+                grpc.StatusCode.UNAUTHENTICATED, "missing or invalid x-client-id metadata"
+            )
+        sec = self.security
+        if sec.tokens is not None:
+            auth = metadata.get("authorization", "")
+            expected = sec.tokens.get(client)
+            given = auth.removeprefix("Bearer ") if auth.startswith("Bearer ") else ""
+            if expected is None or not hmac.compare_digest(given.encode(), expected.encode()):
+                await context.abort(
+                    grpc.StatusCode.UNAUTHENTICATED,
+                    f"client {client}: missing or invalid token",
+                )
+        if sec.mutual_tls:
+            names = context.auth_context().get("x509_common_name", [])
+            if [n.decode() for n in names] != [f"client-{client}"]:
+                await context.abort(
+                    grpc.StatusCode.UNAUTHENTICATED,
+                    f"client {client}: certificate CN {names!r} is not client-{client}",
+                )
+        return client
+
+    async def exchange(
+        self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[bytes]:
+        """The stream: validate and answer each request message in order."""
+        client = await self._identify(context)
+        if client in self.active:
+            await context.abort(
+                grpc.StatusCode.ALREADY_EXISTS, f"client {client} is already connected"
+            )
+        self.active.add(client)  # no await since the check: no other stream can slip in
+        log.info("%s: client %d connected from %s", self.peer, client, context.peer())
+        clean = False
+        try:
+            async for message in requests:
+                reply = await self._answer(message, client, context)
+                yield reply
+            clean = True
+        finally:
+            self.active.discard(client)
+            log.info("%s: client %d %s", self.peer, client, "left" if clean else "dropped")
+            if clean:
+                self.finished.add(client)
+                if self.until_clients is not None and len(self.finished) >= self.until_clients:
+                    self.done.set()
+
+    async def _answer(
+        self, message: bytes, client: int, context: grpc.aio.ServicerContext
+    ) -> bytes:
+        try:
+            if not read_frames(message, max_payload=self.max_message):
+                raise FrameError("empty message: at least one frame is required")
+            reply = await self.handler.handle(message, client)
+            if not isinstance(reply.message, bytes):
+                raise TypeError(f"handler answered {type(reply.message).__name__}, not bytes")
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # the party's fault or the client's: end this stream only
+            log.warning("%s: client %d: %s: %s", self.peer, client, type(e).__name__, e)
+            await context.abort(_status_for(e), f"{self.peer}: {type(e).__name__}: {e}")
+        if self.ledger is not None and reply.message:
+            self.ledger.record_message(
+                reply.message,
+                f"{self.peer}->client",
+                estimates=reply.estimates,
+                wire_bytes=wire_bytes(len(reply.message)),
+            )
+        return reply.message
+
+
+def _server_credentials(security: ServerSecurity) -> grpc.ServerCredentials | None:
+    if security.insecure:
+        return None
+    assert security.tls is not None
+    cert, key, ca = security.tls.read()
+    return grpc.ssl_server_credentials(
+        [(key, cert)], root_certificates=ca, require_client_auth=ca is not None
+    )
+
+
+async def serve_handler(
+    handler: Handler,
+    listen: str,
+    *,
+    peer: str,
+    security: ServerSecurity,
+    ledger: Ledger | None = None,
+    max_message: int = DEFAULT_MAX_MESSAGE,
+    until_clients: int | None = None,
+) -> tuple[grpc.aio.Server, PartyService, int]:
+    """Start serving ``handler`` on ``listen`` (HOST:PORT, port 0 picks one); returns the port."""
+    service = PartyService(
+        handler, peer=peer, security=security, ledger=ledger,
+        max_message=max_message, until_clients=until_clients,
+    )  # fmt: skip
+    server = grpc.aio.server(options=channel_options(max_message))
+    rpc = grpc.stream_stream_rpc_method_handler(
+        service.exchange, request_deserializer=None, response_serializer=None
+    )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(SERVICE, {"Exchange": rpc}),)
+    )
+    creds = _server_credentials(security)
+    try:
+        port = (
+            server.add_insecure_port(listen)
+            if creds is None
+            else server.add_secure_port(listen, creds)
+        )
+    except RuntimeError as e:
+        raise TransportError(f"{peer}: cannot listen on {listen}: {e}") from e
+    if port == 0:
+        raise TransportError(f"{peer}: cannot listen on {listen}")
+    await server.start()
+    return server, service, port
+
+
+class GrpcChannel(Channel):
+    """A client's stream to one serving party over gRPC."""
+
+    def __init__(
+        self,
+        target: str,
+        client_id: int,
+        *,
+        peer: str,
+        security: ClientSecurity,
+        ledger: Ledger | None = None,
+        max_message: int = DEFAULT_MAX_MESSAGE,
+        request_timeout: float | None = 600.0,
+    ) -> None:
+        self.target, self.client_id, self.peer = target, client_id, peer
+        self._ledger, self._timeout = ledger, request_timeout
+        options = channel_options(max_message)
+        if security.insecure:
+            self._channel = grpc.aio.insecure_channel(target, options=options)
+        else:
+            assert security.tls is not None
+            cert, key, ca = security.tls.read()
+            creds = grpc.ssl_channel_credentials(
+                root_certificates=ca, private_key=key, certificate_chain=cert
+            )
+            self._channel = grpc.aio.secure_channel(target, creds, options=options)
+        self._metadata: tuple[tuple[str, str], ...] = (("x-client-id", str(client_id)),)
+        if security.token:
+            self._metadata += (("authorization", f"Bearer {security.token}"),)
+        self._stub = self._channel.stream_stream(
+            METHOD, request_serializer=None, response_deserializer=None
+        )
+        self._call: grpc.aio.StreamStreamCall | None = None
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    async def connect(
+        cls, target: str, client_id: int, *, connect_timeout: float = 30.0, **kwargs: Any
+    ) -> GrpcChannel:
+        """Open a channel and wait (bounded) until the server is reachable."""
+        channel = cls(target, client_id, **kwargs)
+        try:
+            await asyncio.wait_for(channel._channel.channel_ready(), connect_timeout)
+        except TimeoutError:
+            await channel._channel.close()
+            raise TransportError(
+                f"{channel.peer} at {target}: not reachable within {connect_timeout:g} s "
+                "(server down, wrong address, or TLS handshake refused)"
+            ) from None
+        return channel
+
+    def _error(self, what: str, e: grpc.aio.AioRpcError | None = None) -> TransportError:
+        status = "" if e is None else f": {e.code().name}: {e.details()}"
+        return TransportError(f"{self.peer} at {self.target}: {what}{status}")
+
+    async def request(self, message: bytes, estimates: dict[int, float] | None = None) -> bytes:
+        """Write ``message`` on the stream and wait for the answer."""
+        if not isinstance(message, bytes):
+            raise TypeError(f"parties exchange bytes only, got {type(message).__name__}")
+        async with self._lock:  # one request in flight per stream: answers come in order
+            if self._call is None:
+                self._call = self._stub(metadata=self._metadata)
+            call = self._call
+            if self._ledger is not None:
+                self._ledger.record_message(
+                    message, f"client->{self.peer}", estimates=estimates,
+                    wire_bytes=wire_bytes(len(message)),
+                )  # fmt: skip
+            try:
+                await asyncio.wait_for(call.write(message), self._timeout)
+                reply = await asyncio.wait_for(call.read(), self._timeout)
+            except grpc.aio.AioRpcError as e:
+                self._call = None
+                raise self._error("request failed", e) from None
+            except TimeoutError:
+                self._call = None
+                call.cancel()
+                raise self._error(f"no answer within {self._timeout:g} s") from None
+            except asyncio.InvalidStateError:
+                # write() on a stream the server already ended: report the server's status.
+                self._call = None
+                raise await self._ended(call) from None
+            if reply is grpc.aio.EOF:
+                self._call = None
+                raise await self._ended(call)
+            return bytes(reply)
+
+    async def _ended(self, call: grpc.aio.StreamStreamCall) -> TransportError:
+        try:
+            code = await asyncio.wait_for(call.code(), 5.0)
+            details = await call.details()
+        except TimeoutError:
+            return self._error("stream ended without a status")
+        return TransportError(f"{self.peer} at {self.target}: stream ended: {code.name}: {details}")
+
+    async def close(self) -> None:
+        """Half-close the stream, wait for the server to end it, release the connection."""
+        async with self._lock:
+            call, self._call = self._call, None
+            if call is not None:
+                try:
+                    await asyncio.wait_for(call.done_writing(), 5.0)
+                    await asyncio.wait_for(call.read(), 5.0)
+                except (grpc.aio.AioRpcError, TimeoutError, asyncio.InvalidStateError):
+                    pass  # closing anyway
+            await self._channel.close()

@@ -1,0 +1,182 @@
+"""The gRPC transport on 127.0.0.1: round trips, bad frames, TLS, identity, and a full run."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from splitfedzip.metrics.ledger import Ledger
+from splitfedzip.transport.base import Reply, TransportError
+from splitfedzip.transport.grpc import (
+    ClientSecurity,
+    GrpcChannel,
+    ServerSecurity,
+    TlsFiles,
+    serve_handler,
+    wire_bytes,
+)
+from splitfedzip.wire import Header, Kind, encode_frame, read_frames
+
+INSECURE_SERVER = ServerSecurity(insecure=True)
+INSECURE_CLIENT = ClientSecurity(insecure=True)
+
+
+class Echo:
+    """Answers each message with a frame carrying the client id and the payload reversed."""
+
+    async def handle(self, request: bytes, client: int) -> Reply:
+        """Echo the first frame's payload, reversed."""
+        frame = read_frames(request)[0]
+        return Reply(encode_frame(Header(Kind.CONTROL, client=client), frame.payload[::-1]))
+
+
+def _frame(client: int, payload: bytes) -> bytes:
+    return encode_frame(Header(Kind.CONTROL, client=client), payload)
+
+
+def _run(coro, timeout: float = 30.0):
+    return asyncio.run(asyncio.wait_for(coro, timeout))
+
+
+async def _serve(security: ServerSecurity = INSECURE_SERVER, **kw):
+    return await serve_handler(Echo(), "127.0.0.1:0", peer="main", security=security, **kw)
+
+
+def test_round_trip_and_ledger() -> None:
+    async def go() -> None:
+        server_ledger, client_ledger = Ledger(), Ledger()
+        server, _, port = await _serve(ledger=server_ledger)
+        try:
+            ch = await GrpcChannel.connect(
+                f"127.0.0.1:{port}", 3, peer="main", security=INSECURE_CLIENT,
+                ledger=client_ledger, connect_timeout=5,
+            )  # fmt: skip
+            for payload in (b"abc", b"x" * 100_000):
+                msg = _frame(3, payload)
+                reply = read_frames(await ch.request(msg, {0: 12.5}))
+                assert reply[0].payload == payload[::-1] and reply[0].header.client == 3
+            await ch.close()
+        finally:
+            await server.stop(None)
+        assert [r.direction for r in client_ledger.rows] == ["client->main"] * 2
+        assert [r.direction for r in server_ledger.rows] == ["main->client"] * 2
+        assert client_ledger.rows[0].est_bits == 12.5
+        big = client_ledger.rows[1]
+        # 100 kB spans 7 HTTP/2 DATA frames: 5 prefix bytes + 7 * 9 header bytes of overhead.
+        assert big.wire_bytes == wire_bytes(big.bytes) == big.bytes + 5 + 7 * 9
+
+    _run(go())
+
+
+def test_bad_frame_refused_server_keeps_serving() -> None:
+    async def go() -> None:
+        server, _, port = await _serve(max_message=1 << 20)
+        target = f"127.0.0.1:{port}"
+        try:
+            good = await GrpcChannel.connect(target, 0, peer="main", security=INSECURE_CLIENT)
+            bad = await GrpcChannel.connect(target, 1, peer="main", security=INSECURE_CLIENT)
+            corrupt = bytearray(_frame(1, b"payload"))
+            corrupt[-1] ^= 0xFF  # break the CRC
+            with pytest.raises(TransportError, match=r"INVALID_ARGUMENT.*CRC32") as err:
+                await bad.request(bytes(corrupt))
+            assert target in str(err.value)
+            with pytest.raises(TransportError, match="INVALID_ARGUMENT.*empty message"):
+                await bad.request(b"")
+            with pytest.raises(TransportError, match="RESOURCE_EXHAUSTED"):
+                await bad.request(_frame(1, b"x" * (2 << 20)))
+            # The other client's stream, and a new stream of the faulty one, still work.
+            assert read_frames(await good.request(_frame(0, b"ok")))[0].payload == b"ko"
+            assert read_frames(await bad.request(_frame(1, b"ab")))[0].payload == b"ba"
+            await good.close()
+            await bad.close()
+        finally:
+            await server.stop(None)
+
+    _run(go())
+
+
+def test_unreachable_server_bounded_wait() -> None:
+    async def go() -> None:
+        with pytest.raises(TransportError, match="not reachable within 1 s"):
+            await GrpcChannel.connect(
+                "127.0.0.1:1", 0, peer="federation", security=INSECURE_CLIENT, connect_timeout=1
+            )
+
+    _run(go())
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from splitfedzip.transport.tls import generate_certificates
+
+    out = tmp_path_factory.mktemp("certs")
+    generate_certificates(out, clients=2)
+    return out
+
+
+def test_tls_tokens_and_duplicate_client(certs: Path) -> None:
+    tokens = {0: "secret-0", 1: "secret-1"}
+    server_sec = ServerSecurity(
+        tls=TlsFiles(certs / "server.pem", certs / "server.key"), tokens=tokens
+    )
+
+    def client_sec(token: str | None) -> ClientSecurity:
+        return ClientSecurity(tls=TlsFiles(ca=certs / "ca.pem"), token=token)
+
+    async def go() -> None:
+        server, _, port = await _serve(server_sec)
+        target = f"127.0.0.1:{port}"
+        try:
+            for cid, token in ((0, None), (0, "secret-1"), (7, "secret-0")):
+                ch = await GrpcChannel.connect(target, cid, peer="main", security=client_sec(token))
+                with pytest.raises(TransportError, match="UNAUTHENTICATED.*invalid token"):
+                    await ch.request(_frame(cid, b"hi"))
+                await ch.close()
+            ok = await GrpcChannel.connect(target, 0, peer="main", security=client_sec("secret-0"))
+            assert read_frames(await ok.request(_frame(0, b"hi")))[0].payload == b"ih"
+            twin = await GrpcChannel.connect(
+                target, 0, peer="main", security=client_sec("secret-0")
+            )
+            with pytest.raises(TransportError, match="ALREADY_EXISTS.*already connected"):
+                await twin.request(_frame(0, b"hi"))
+            await twin.close()
+            await ok.close()
+            # Plaintext against a TLS server never becomes ready.
+            with pytest.raises(TransportError, match="not reachable"):
+                await GrpcChannel.connect(
+                    target, 1, peer="main", security=INSECURE_CLIENT, connect_timeout=1
+                )
+        finally:
+            await server.stop(None)
+
+    _run(go())
+
+
+def test_mutual_tls_checks_certificate_cn(certs: Path) -> None:
+    server_sec = ServerSecurity(
+        tls=TlsFiles(certs / "server.pem", certs / "server.key", certs / "ca.pem")
+    )
+
+    def client_sec(i: int) -> ClientSecurity:
+        return ClientSecurity(
+            tls=TlsFiles(certs / f"client-{i}.pem", certs / f"client-{i}.key", certs / "ca.pem")
+        )
+
+    async def go() -> None:
+        server, _, port = await _serve(server_sec)
+        target = f"127.0.0.1:{port}"
+        try:
+            ok = await GrpcChannel.connect(target, 1, peer="main", security=client_sec(1))
+            assert read_frames(await ok.request(_frame(1, b"hi")))[0].payload == b"ih"
+            await ok.close()
+            # client-0's certificate claiming to be client 1
+            liar = await GrpcChannel.connect(target, 1, peer="main", security=client_sec(0))
+            with pytest.raises(TransportError, match="UNAUTHENTICATED.*client-0"):
+                await liar.request(_frame(1, b"hi"))
+            await liar.close()
+        finally:
+            await server.stop(None)
+
+    _run(go())
