@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -180,3 +181,40 @@ def test_mutual_tls_checks_certificate_cn(certs: Path) -> None:
             await server.stop(None)
 
     _run(go())
+
+
+SMALL_RUN = [
+    "data.image_size=32", "model.base_width=4", "data.num_samples=12", "data.test_samples=4",
+    "train.rounds=1", "train.local_epochs=1", "train.max_batches=2", "train.device=cpu",
+    "scheme=fg", "codec=ae", "codec_options.latent_channels=8", "data.partition.clients=2",
+]  # fmt: skip
+
+
+def _bytes_by_kind(ledger: Ledger) -> Counter:
+    totals: Counter = Counter()
+    for row in ledger.rows:
+        totals[row.direction, row.kind, row.phase] += row.bytes
+    return totals
+
+
+def test_launch_matches_embedded_run(tmp_path: Path) -> None:
+    from splitfedzip.config import load_config
+    from splitfedzip.experiments.deploy import launch
+    from splitfedzip.experiments.train import run_embedded
+
+    cfg = load_config(None, SMALL_RUN)
+    embedded = run_embedded(cfg)
+    deployed = launch(cfg, tmp_path / "run", timeout=180)
+    # Same seeds, same operations in the same order on the same CPU: only a different
+    # thread schedule in torch's parallel reductions could move the result, far below 1e-5.
+    assert deployed.summary["test_mji"] == pytest.approx(embedded.summary["test_mji"], abs=1e-5)
+    assert _bytes_by_kind(deployed.ledger) == _bytes_by_kind(embedded.ledger)
+    # wire_bytes sits on each message's first frame and covers the whole message plus framing.
+    for side in ("client->", "main->", "federation->"):
+        rows = [r for r in deployed.ledger.rows if r.direction.startswith(side)]
+        assert sum(r.wire_bytes or 0 for r in rows) > sum(r.bytes for r in rows) > 0
+    for name in ("config.yaml", "metrics.csv", "ledger.csv", "summary.json"):
+        assert (tmp_path / "run" / name).is_file()
+    assert (tmp_path / "run" / "checkpoints").is_dir()
+    logs = sorted(p.name for p in (tmp_path / "run" / "logs").iterdir())
+    assert logs == ["client-0.log", "client-1.log", "federation.log", "main.log"]

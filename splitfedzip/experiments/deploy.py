@@ -1,0 +1,389 @@
+"""Each party in its own process, talking over gRPC; ``launch`` runs a whole deployment locally."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from ..config import Config, dump_config
+from ..data import build_federated_data
+from ..data.build import num_classes_for
+from ..metrics.ledger import Ledger
+from ..parties.client import Client, ClientResult
+from ..parties.federation_server import FederationServer
+from ..parties.main_server import MainServer
+from ..transport.base import Handler, TransportError
+from ..transport.grpc import (
+    DEFAULT_MAX_MESSAGE,
+    ClientSecurity,
+    GrpcChannel,
+    ServerSecurity,
+    serve_handler,
+)
+from .train import RunResult, build_summary, resolve_device, write_outputs
+
+log = logging.getLogger(__name__)
+
+
+def split_target(target: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT`` too) -> (host, port)."""
+    host, sep, port = target.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ValueError(f"address {target!r}: expected HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+def wait_reachable(target: str, timeout: float) -> None:
+    """Wait (bounded) until something accepts TCP connections at ``target``."""
+    host, port = split_target(target)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=min(timeout, 2.0)):
+                return
+        except OSError as e:
+            if time.monotonic() >= deadline:
+                raise TransportError(f"{target}: not reachable within {timeout:g} s: {e}") from e
+            time.sleep(0.2)
+
+
+def _num_classes(cfg: Config) -> int:
+    return cfg.model.num_classes or num_classes_for(cfg.data.dataset)
+
+
+async def _serve(
+    handler: Handler,
+    peer: str,
+    listen: str,
+    security: ServerSecurity,
+    max_message: int,
+    ledger: Ledger,
+    port_file: Path | None,
+    until_clients: int | None,
+) -> None:
+    server, service, port = await serve_handler(
+        handler, listen, peer=peer, security=security, ledger=ledger,
+        max_message=max_message, until_clients=until_clients,
+    )  # fmt: skip
+    host, _ = split_target(listen)
+    log.info("%s: serving on %s:%d", peer, host, port)
+    if port_file is not None:
+        tmp = port_file.with_suffix(".tmp")
+        tmp.write_text(f"{host}:{port}\n")
+        tmp.replace(port_file)  # appears whole: a reader never sees a partial address
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    waiters = [asyncio.create_task(stop.wait()), asyncio.create_task(service.done.wait())]
+    await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    for w in waiters:
+        w.cancel()
+    log.info("%s: %s; stopping", peer, "all clients left" if service.done.is_set() else "signal")
+    await server.stop(5.0)
+
+
+def _serve_party(
+    handler: Handler,
+    peer: str,
+    cfg: Config,
+    listen: str,
+    security: ServerSecurity,
+    max_message: int,
+    ledger_path: Path | None,
+    port_file: Path | None,
+    until_clients: int | None,
+) -> Ledger:
+    ledger = Ledger()
+    if until_clients is None:
+        until_clients = cfg.data.partition.num_clients()
+    try:
+        asyncio.run(
+            _serve(
+                handler, peer, listen, security, max_message, ledger, port_file,
+                until_clients or None,
+            )
+        )  # fmt: skip
+    finally:
+        if ledger_path is not None:
+            ledger.write_csv(ledger_path)
+    return ledger
+
+
+def serve_federation(
+    cfg: Config,
+    listen: str,
+    *,
+    security: ServerSecurity,
+    max_message: int = DEFAULT_MAX_MESSAGE,
+    ledger_path: Path | None = None,
+    port_file: Path | None = None,
+    until_clients: int | None = None,
+) -> Ledger:
+    """Run the federation server until every client has left (or a signal); returns its ledger."""
+    n = cfg.data.partition.num_clients()
+    torch.manual_seed(cfg.train.seed)
+    party = FederationServer(cfg, _num_classes(cfg), n)
+    return _serve_party(
+        party, "federation", cfg, listen, security, max_message, ledger_path, port_file,
+        until_clients,
+    )  # fmt: skip
+
+
+def serve_main(
+    cfg: Config,
+    listen: str,
+    federation_target: str,
+    *,
+    security: ServerSecurity,
+    max_message: int = DEFAULT_MAX_MESSAGE,
+    ledger_path: Path | None = None,
+    port_file: Path | None = None,
+    until_clients: int | None = None,
+    connect_timeout: float = 60.0,
+) -> Ledger:
+    """Run the main server; checks first that the federation server is reachable."""
+    # The main server's protocol needs nothing from the federation server yet (clients carry
+    # the round protocol); failing early on a wrong address still saves a wasted run.
+    wait_reachable(federation_target, connect_timeout)
+    device = resolve_device(cfg.train.device)
+    torch.manual_seed(cfg.train.seed)
+    party = MainServer(cfg, _num_classes(cfg), cfg.data.partition.num_clients(), device)
+    return _serve_party(
+        party, "main", cfg, listen, security, max_message, ledger_path, port_file, until_clients
+    )
+
+
+def client_result_to_json(result: ClientResult, test_images: int | None) -> str:
+    """A client's result as JSON (``test_images``: the size of the test set it evaluated)."""
+    return json.dumps(asdict(result) | {"test_images": test_images}, indent=2) + "\n"
+
+
+def client_result_from_json(text: str) -> tuple[ClientResult, int | None]:
+    """Inverse of :func:`client_result_to_json`."""
+    raw = json.loads(text)
+    test_images = raw.pop("test_images", None)
+    return ClientResult(**raw), test_images
+
+
+def run_client(
+    cfg: Config,
+    client_id: int,
+    main_target: str,
+    federation_target: str,
+    *,
+    security: ClientSecurity,
+    max_message: int = DEFAULT_MAX_MESSAGE,
+    ledger_path: Path | None = None,
+    result_path: Path | None = None,
+    connect_timeout: float = 30.0,
+    request_timeout: float | None = 600.0,
+    progress: bool = False,
+) -> ClientResult:
+    """Run one client against the two servers; writes its ledger and result when paths are given."""
+    device = resolve_device(cfg.train.device)
+    torch.manual_seed(cfg.train.seed)
+    data = build_federated_data(cfg.data, cfg.train.seed)
+    if not 0 <= client_id < len(data.clients):
+        raise ValueError(f"--client-id {client_id}: the config has {len(data.clients)} clients")
+    own = data.clients[client_id]
+    test = data.test if client_id == 0 else None  # client 0 is the tester, as in train
+    ledger = Ledger()
+
+    async def go() -> ClientResult:
+        common = dict(
+            security=security, ledger=ledger, max_message=max_message,
+            connect_timeout=connect_timeout, request_timeout=request_timeout,
+        )  # fmt: skip
+        main = await GrpcChannel.connect(main_target, client_id, peer="main", **common)
+        try:
+            federation = await GrpcChannel.connect(
+                federation_target, client_id, peer="federation", **common
+            )
+            try:
+                client = Client(
+                    client_id, cfg, data.num_classes if cfg.model.num_classes is None
+                    else cfg.model.num_classes, own.train, own.val, main, federation, device,
+                    test=test, progress=progress,
+                )  # fmt: skip
+                return await client.run()
+            finally:
+                await federation.close()
+        finally:
+            await main.close()
+
+    try:
+        result = asyncio.run(go())
+    finally:
+        if ledger_path is not None:
+            ledger.write_csv(ledger_path)
+    if result_path is not None:
+        result_path.write_text(client_result_to_json(result, len(test) if test else None))
+    return result
+
+
+# --- launch: every party as a process on this machine ---------------------------------------
+
+
+def _module_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "splitfedzip.cli.serve_cmd", *args]
+
+
+def _free_port() -> int:
+    # The kernel picks a port that is free now; it stays free in practice until the server binds.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+class _Processes:
+    """The processes ``launch`` started, each logging to its own file; all ended on exit."""
+
+    def __init__(self, logs: Path) -> None:
+        self.logs = logs
+        self.procs: dict[str, tuple[subprocess.Popen, Path]] = {}
+
+    def start(
+        self, name: str, command: list[str], env: dict[str, str] | None = None
+    ) -> subprocess.Popen:
+        path = self.logs / f"{name}.log"
+        with open(path, "w") as f:
+            proc = subprocess.Popen(command, stdout=f, stderr=subprocess.STDOUT, env=env)
+        self.procs[name] = (proc, path)
+        return proc
+
+    def failure(self, name: str, why: str) -> RuntimeError:
+        path = self.procs[name][1]
+        return RuntimeError(f"{name} {why}; see {path}:\n{_tail(path)}")
+
+    def wait(self, name: str, deadline: float) -> None:
+        proc = self.procs[name][0]
+        try:
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            raise self.failure(name, "did not finish in time") from None
+        if proc.returncode != 0:
+            raise self.failure(name, f"failed with status {proc.returncode}")
+
+    def stop_all(self) -> None:
+        for proc, _ in self.procs.values():
+            if proc.poll() is None:
+                proc.terminate()
+        for proc, _ in self.procs.values():
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def launch(
+    cfg: Config,
+    out_dir: str | Path,
+    *,
+    insecure: bool = False,
+    timeout: float = 3600.0,
+    max_message_mb: int = DEFAULT_MAX_MESSAGE >> 20,
+) -> RunResult:
+    """Run the federation server, the main server and each client as processes on 127.0.0.1."""
+    start = time.perf_counter()
+    out = Path(out_dir)
+    logs, parts = out / "logs", out / "parts"
+    logs.mkdir(parents=True, exist_ok=True)
+    parts.mkdir(parents=True, exist_ok=True)
+    for stale in parts.glob("*"):
+        stale.unlink()
+    config_path = out / "config.yaml"
+    config_path.write_text(dump_config(cfg))
+    n = cfg.data.partition.num_clients()
+    common = ["--config", str(config_path), "--max-message-mb", str(max_message_mb)]
+    server_sec, client_sec = ["--insecure"], [["--insecure"] for _ in range(n)]
+    if not insecure:
+        from ..transport.tls import generate_certificates
+
+        certs = out / "certs"
+        generate_certificates(certs, n)
+        tokens = {str(i): secrets.token_urlsafe(24) for i in range(n)}
+        tokens_path = certs / "tokens.json"
+        tokens_path.write_text(json.dumps(tokens))
+        tokens_path.chmod(0o600)
+        server_sec = [
+            "--tls-cert", str(certs / "server.pem"), "--tls-key", str(certs / "server.key"),
+            "--tokens", str(tokens_path),
+        ]  # fmt: skip
+        # The token goes through the environment, not argv, which other users can read.
+        client_sec = [["--tls-ca", str(certs / "ca.pem")] for _ in range(n)]
+    deadline = time.monotonic() + timeout
+    procs = _Processes(logs)
+    try:
+        # Every process starts at once (their imports take seconds); the main server and the
+        # clients wait, bounded, for the servers to come up.
+        fed, main = f"127.0.0.1:{_free_port()}", f"127.0.0.1:{_free_port()}"
+        procs.start(
+            "federation",
+            _module_command(
+                "serve", "federation", *common, *server_sec, "--listen", fed,
+                "--ledger", str(parts / "ledger-federation.csv"),
+            ),
+        )  # fmt: skip
+        procs.start(
+            "main",
+            _module_command(
+                "serve", "main", *common, *server_sec, "--listen", main, "--federation", fed,
+                "--ledger", str(parts / "ledger-main.csv"),
+            ),
+        )  # fmt: skip
+        for i in range(n):
+            env = dict(os.environ)
+            if not insecure:
+                env["SPLITFEDZIP_TOKEN"] = tokens[str(i)]
+            command = _module_command(
+                "client", *common, *client_sec[i], "--client-id", str(i),
+                "--main", main, "--federation", fed,
+                "--ledger", str(parts / f"ledger-client-{i}.csv"),
+                "--result", str(parts / f"client-{i}.json"), "--connect-timeout", "120",
+            )  # fmt: skip
+            procs.start(f"client-{i}", command, env)
+        for i in range(n):
+            procs.wait(f"client-{i}", deadline)
+        # The servers stop by themselves once every client has left.
+        for name in ("main", "federation"):
+            procs.wait(name, min(deadline, time.monotonic() + 30))
+    finally:
+        procs.stop_all()
+    ledger = Ledger()
+    for name in [*(f"client-{i}" for i in range(n)), "main", "federation"]:
+        ledger.extend(Ledger.read_csv(parts / f"ledger-{name}.csv").rows)
+    results, test_images = [], None
+    for i in range(n):
+        result, images = client_result_from_json((parts / f"client-{i}.json").read_text())
+        results.append(result)
+        test_images = images if images is not None else test_images
+    if test_images is None:
+        raise RuntimeError("no client reported test metrics")
+    summary = build_summary(cfg, ledger, results, test_images)
+    summary["wall_seconds"] = time.perf_counter() - start
+    summary["device"] = str(resolve_device(cfg.train.device))
+    summary["transport"] = "grpc-tls" if not insecure else "grpc-insecure"
+    result = RunResult(summary, ledger, results)
+    write_outputs(cfg, result, out)
+    return result
