@@ -10,8 +10,8 @@ from pathlib import Path
 from ..wire import Kind, decode_frame, frame_size
 
 COLUMNS = (
-    "round", "epoch", "batch", "client", "phase", "split", "direction", "kind",
-    "bytes", "est_bits", "wire_bytes",
+    "round", "epoch", "batch", "client", "split", "direction", "kind", "bytes", "est_bits",
+    "phase", "wire_bytes",
 )  # fmt: skip
 
 

@@ -1,0 +1,188 @@
+import asyncio
+import json
+
+import pytest
+import torch
+
+from splitfedzip.cli.main import main as cli
+from splitfedzip.config import ConfigError, load_config
+from splitfedzip.experiments.train import run_embedded
+from splitfedzip.metrics.summary import payload_bytes
+from splitfedzip.parties.crossing import SyncError
+from splitfedzip.transport.embedded import EmbeddedChannel
+from splitfedzip.wire import Kind
+
+TINY = [
+    "data.image_size=64", "data.num_samples=12", "data.test_samples=4", "model.base_width=4",
+    "train.rounds=1", "train.local_epochs=1", "train.batch_size=2", "train.device=cpu",
+    "codec_options.latent_channels=8", "codec=ae", "lambda=10",
+]  # fmt: skip
+
+
+def tiny(*extra: str):
+    return load_config(None, [*TINY, *extra])
+
+
+@pytest.fixture(scope="module")
+def fg_run():
+    return run_embedded(tiny("scheme=fg"))
+
+
+def storages(obj) -> set[int]:
+    """Data pointers of every tensor reachable from a party's modules and codecs."""
+    ptrs = set()
+    for v in vars(obj).values():
+        if isinstance(v, torch.nn.Module):
+            ptrs |= {t.untyped_storage().data_ptr() for t in v.state_dict(keep_vars=True).values()}
+    return ptrs - {0}
+
+
+def test_parties_share_nothing_and_exchange_bytes(monkeypatch):
+    seen = []
+    original = EmbeddedChannel.request
+
+    async def checking(self, message, estimates=None):
+        assert type(message) is bytes
+        answer = await original(self, message, estimates)
+        assert type(answer) is bytes
+        seen.append(len(message) + len(answer))
+        return answer
+
+    monkeypatch.setattr(EmbeddedChannel, "request", checking)
+    captured = {}
+    import splitfedzip.experiments.train as train
+
+    real_client = train.Client
+
+    def spy(*a, **k):
+        c = real_client(*a, **k)
+        captured.setdefault("clients", []).append(c)
+        return c
+
+    monkeypatch.setattr(train, "Client", spy)
+    run_embedded(tiny("scheme=fg"))
+    assert seen
+    clients = captured["clients"]
+    client_ptrs = [storages(c) | storages(c.model) | storages(c.rx_s2f) for c in clients]
+    assert not client_ptrs[0] & client_ptrs[1]
+    main = clients[0].main._handler
+    for cid, c in enumerate(clients):
+        peer = main.peers[cid]
+        server_ptrs = storages(peer.replica.model) | {
+            t.untyped_storage().data_ptr() for t in peer.rx_s1f.codec.state_dict().values()
+        }
+        assert not client_ptrs[cid] & server_ptrs
+
+
+def test_ledger_adds_up_to_summary(fg_run):
+    s, ledger = fg_run.summary, fg_run.ledger
+    split_rows = [r for r in ledger.rows if r.kind in ("feature", "gradient") and r.phase != "test"]
+    assert sum(r.bytes for r in split_rows) == s["bytes_split"]
+    assert s["bytes_split"] == s["bytes_split_features"] + s["bytes_split_gradients"]
+    assert s["bytes_federation"] == ledger.total((Kind.WEIGHTS, Kind.CODEC_SYNC), ("train", "val"))
+    assert s["bytes_total"] == ledger.total(None, ("train", "val"))
+    kinds = {r.kind for r in ledger.rows}
+    assert {"feature", "gradient", "weights", "codec_sync", "control"} <= kinds
+
+
+def test_real_bytes_match_estimates(fg_run):
+    # Every coded tensor: payload within 1% of the likelihood estimate plus the stream headers.
+    coded = [r for r in fg_run.ledger.rows if r.kind in ("feature", "gradient")]
+    assert coded and all(r.est_bits is not None for r in coded)
+    for r in coded:
+        est = r.est_bits / 8
+        overhead = 15 * 2 + (8 if r.kind == "gradient" else 0)  # 2 streams (batch 2), scales
+        assert abs(payload_bytes(r) - est) <= 0.01 * est + overhead, r
+
+
+def test_nc_sends_raw_float32_and_no_codec_syncs():
+    res = run_embedded(tiny("scheme=nc"))
+    rows = [r for r in res.ledger.rows if r.kind == "feature" and r.phase == "train"]
+    # S1 of a 64x64 image at width 4: 8 x 32 x 32 float32 per image, batch 2.
+    assert rows and all(payload_bytes(r) % (8 * 32 * 32 * 4) == 0 for r in rows)
+    assert not [r for r in res.ledger.rows if r.kind == "codec_sync"]
+    assert res.summary["bpp_s1_est"] is None
+
+
+@pytest.mark.parametrize("scheme", ["f", "g"])
+def test_partial_schemes_compress_only_their_crossings(scheme):
+    res = run_embedded(tiny(f"scheme={scheme}"))
+    est = {
+        (r.kind, r.est_bits is None) for r in res.ledger.rows if r.kind in ("feature", "gradient")
+    }
+    compressed = "feature" if scheme == "f" else "gradient"
+    raw = "gradient" if scheme == "f" else "feature"
+    assert est == {(compressed, False), (raw, True)}
+
+
+def test_codec_sync_every_batch_is_counted():
+    res = run_embedded(tiny("scheme=fg", "federation.codec_sync_every=1"))
+    syncs = [r for r in res.ledger.rows if r.kind == "codec_sync" and r.phase == "train"]
+    base = run_embedded(tiny("scheme=fg"))
+    base_syncs = [r for r in base.ledger.rows if r.kind == "codec_sync" and r.phase == "train"]
+    assert len(syncs) > len(base_syncs)
+
+
+def test_stale_codec_version_is_refused(fg_run):
+    from splitfedzip.codecs import make_codec
+    from splitfedzip.parties.crossing import CodecReceiver, CodecSender
+    from splitfedzip.parties.messages import Ids, tensor_frame
+    from splitfedzip.wire import Split, decode_frame
+
+    sender = CodecSender(make_codec("ae", 4, latent_channels=8), 1.0, 1e-3, 1e-3)
+    rx = CodecReceiver(make_codec("ae", 4, latent_channels=8), torch.device("cpu"))
+    version, state = sender.publish()
+    rx.sync(version, state)
+    sender.publish()  # a newer snapshot that never reached the receiver
+    x = torch.randn(1, 4, 16, 16)
+    frame = tensor_frame(Ids(), Kind.FEATURE, Split.S1, x.shape, sender.encode(x))
+    with pytest.raises(SyncError, match="codec version 2, receiver holds 1"):
+        rx.decode(decode_frame(frame))
+
+
+def test_v2_and_last_selection_run():
+    res = run_embedded(tiny("scheme=f", "federation.variant=v2", "federation.select=last"))
+    assert 0 <= res.summary["test_mji"] <= 1
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("trian.rounds=2", "unknown config key 'trian'"),
+        ("scheme=xyz", "scheme"),
+        ("lambda=-1", "lambda"),
+        ("data.partition={kind: counts, counts: [1]}", "counts"),
+    ],
+)
+def test_bad_config_is_a_clear_error(override, message):
+    with pytest.raises(ConfigError, match=message):
+        tiny(override)
+
+
+def test_train_command_writes_every_output(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = cli(
+        ["train", "--no-progress", "--out", str(out), *sum((["--set", s] for s in TINY), [])]
+    )
+    assert code == 0
+    for name in ("config.yaml", "metrics.csv", "ledger.csv", "summary.json", "checkpoints"):
+        assert (out / name).exists(), name
+    summary = json.loads((out / "summary.json").read_text())
+    for key in ("scheme", "codec", "lambda", "test_mji", "test_dice", "bpp_s1", "bpp_s2", "bpp_t",
+                "bpp_s1_est", "bpp_s2_est", "cr_s1", "cr_s2", "bytes_split_features",
+                "bytes_split_gradients", "bytes_split", "bytes_federation", "bytes_total",
+                "wall_seconds"):  # fmt: skip
+        assert key in summary, key
+    header = (out / "ledger.csv").read_text().splitlines()[0].split(",")
+    assert header[:9] == ["round", "epoch", "batch", "client", "split", "direction", "kind",
+                          "bytes", "est_bits"]  # fmt: skip
+
+
+def test_unknown_key_on_the_command_line_exits_2(capsys):
+    assert cli(["train", "--set", "nope=1"]) == 2
+    assert "unknown config key 'nope'" in capsys.readouterr().err
+
+
+def test_asyncio_not_left_running():
+    with pytest.raises(RuntimeError):
+        asyncio.get_running_loop()
