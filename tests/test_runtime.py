@@ -66,7 +66,7 @@ def test_parties_share_nothing_and_exchange_bytes(monkeypatch):
     client_ptrs = [storages(c) | storages(c.model) | storages(c.rx_s2f) for c in clients]
     assert not client_ptrs[0] & client_ptrs[1]
     main = clients[0].main._handler
-    for cid, c in enumerate(clients):
+    for cid in range(len(clients)):
         peer = main.peers[cid]
         server_ptrs = storages(peer.replica.model) | {
             t.untyped_storage().data_ptr() for t in peer.rx_s1f.codec.state_dict().values()

@@ -6,7 +6,7 @@ import asyncio
 import csv
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,8 @@ class RunResult:
     summary: dict[str, Any]
     ledger: Ledger
     clients: list[ClientResult]
+    #: Name -> state dict of the tested global model's parts, for ``checkpoints/``.
+    checkpoints: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
 
 
 def run_embedded(cfg: Config, progress: bool = False) -> RunResult:
@@ -71,7 +73,9 @@ def run_embedded(cfg: Config, progress: bool = False) -> RunResult:
     summary = build_summary(cfg, ledger, results, len(data.test))
     summary["wall_seconds"] = time.perf_counter() - start
     summary["device"] = str(device)
-    return RunResult(summary, ledger, results)
+    best = federation.best_round
+    checkpoints = {"client_global": federation.globals[best], "server_global": main.globals[best]}
+    return RunResult(summary, ledger, results, checkpoints)
 
 
 def build_summary(
@@ -132,3 +136,5 @@ def write_outputs(cfg: Config, result: RunResult, out: Path) -> None:
     result.ledger.write_csv(out / "ledger.csv")
     (out / "summary.json").write_text(json.dumps(result.summary, indent=2) + "\n")
     (out / "checkpoints").mkdir(exist_ok=True)
+    for name, state in result.checkpoints.items():
+        torch.save(state, out / "checkpoints" / f"{name}.pt")
