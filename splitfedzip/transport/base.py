@@ -40,5 +40,5 @@ class Channel(ABC):
     async def request(self, message: bytes, estimates: dict[int, float] | None = None) -> bytes:
         """Send a message and wait for the answer; ``estimates`` feed the ledger's est_bits."""
 
-    async def close(self) -> None:
+    async def close(self) -> None:  # noqa: B027 - an optional hook, not abstract
         """Release the connection."""

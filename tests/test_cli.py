@@ -1,0 +1,66 @@
+import json
+
+import pytest
+
+from splitfedzip.cli.main import COMMANDS, build_parser, main
+
+
+def test_every_command_module_registers_itself():
+    assert all(callable(m.register) for m in COMMANDS)
+    parser = build_parser()
+    for argv in (["inspect"], ["bench", "codecs"]):
+        assert callable(parser.parse_args(argv).func)
+
+
+@pytest.mark.parametrize("argv", [["inspect"], ["bench", "codecs"]])
+def test_missing_config_file(argv, tmp_path, capsys):
+    missing = tmp_path / "nowhere.yaml"
+    assert main([*argv, str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("splitfedzip: error:")
+    assert str(missing) in err and "Traceback" not in err
+
+
+def test_invalid_config_key(tmp_path, capsys):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("model: {depth: 3}\n")
+    assert main(["inspect", str(cfg)]) == 2
+    assert "model.depth" in capsys.readouterr().err
+
+
+def test_bad_bench_options(capsys):
+    assert main(["bench", "codecs", "--steps", "-1"]) == 2
+    assert "--steps" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [[], ["bench"], ["nonsense"]])
+def test_usage_errors_exit_2(argv):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+
+
+def test_bench_codecs_tiny(tmp_path, capsys):
+    cfg = tmp_path / "tiny.yaml"
+    # 128x128 input gives a 64x64 S1, the smallest cheng2020-attn takes.
+    cfg.write_text(
+        "data: {image_size: 128}\nmodel: {base_width: 2}\ncodec_options: {latent_channels: 8}\n"
+    )
+    argv = ["bench", "codecs", str(cfg), "--json", "--steps", "5", "--warmup", "2"]
+    assert main(argv) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert {(r["codec"], r["tensor"]) for r in rows} == {
+        (c, k) for c in ("none", "ae", "cheng2020-attn") for k in ("feature", "gradient")
+    }
+    for r in rows:
+        assert r["roundtrip_exact"] is True, r
+        assert r["real_bits"] > 0 and r["est_bits"] > 0, r
+        assert r["bpp"] == pytest.approx(r["real_bits"] / 128**2)
+        assert r["shape"] == [4, 64, 64]
+    none = [r for r in rows if r["codec"] == "none"]
+    assert all(r["real_bits"] == 32 * 4 * 64 * 64 and r["params"] == 0 for r in none)
+
+
+def test_bench_codecs_rejects_unknown_codec(capsys):
+    assert main(["bench", "codecs", "--codecs", "ae,jpeg"]) == 2
+    assert "jpeg" in capsys.readouterr().err
