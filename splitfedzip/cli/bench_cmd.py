@@ -24,6 +24,7 @@ def register_codecs(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup", type=int, help="SGD steps of the U-Net first (default 30)")
     p.add_argument("--lmbda", type=float, help="λ of rate + λ·MSE (default 100)")
     p.add_argument("--codecs", help="comma-separated codec names (default: all)")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default 1)")
     p.set_defaults(func=run_codecs)
 
 
@@ -50,8 +51,12 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
         opts["lmbda"] = args.lmbda
     if args.codecs is not None:
         opts["codecs"] = tuple(c.strip() for c in args.codecs.split(",") if c.strip())
-    if opts.get("steps", 0) < 0 or opts.get("warmup_steps", 0) < 0 or opts.get("lmbda", 1) <= 0:
-        raise ValueError("--steps and --warmup must be >= 0, --lmbda > 0")
+    if args.threads is not None:
+        opts["threads"] = args.threads
+    if opts.get("steps", 0) < 0 or opts.get("warmup_steps", 0) < 0:
+        raise ValueError("--steps and --warmup must be >= 0")
+    if opts.get("lmbda", 1) <= 0 or opts.get("threads", 1) < 1:
+        raise ValueError("--lmbda must be > 0 and --threads >= 1")
     return opts
 
 
