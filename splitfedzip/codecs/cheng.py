@@ -52,8 +52,8 @@ class Cheng2020AttentionCodec(Codec):
             x_hat, lik = out["x_hat"], out["likelihoods"]
         else:
             net = self.net
-            z_hat, z_lik = net.entropy_bottleneck(net.h_a(net.g_a(x)))
             y = net.g_a(x)
+            z_hat, z_lik = net.entropy_bottleneck(net.h_a(y))
             y_hat, scales, means = self._scan(y, net.h_s(z_hat))
             y_lik = net.gaussian_conditional._likelihood(y_hat, scales, means)
             y_lik = net.gaussian_conditional.likelihood_lower_bound(y_lik)
