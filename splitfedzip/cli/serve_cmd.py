@@ -7,11 +7,9 @@ import json
 import logging
 import os
 import sys
-import warnings
-from collections.abc import Sequence
 from pathlib import Path
 
-from ..config import ConfigError, load_config
+from ..config import load_config
 
 TOKEN_ENV = "SPLITFEDZIP_TOKEN"
 
@@ -228,24 +226,3 @@ def run_certs(args: argparse.Namespace) -> int:
     written = generate_certificates(args.out, args.clients, tuple(args.hosts))
     print("\n".join(str(p) for p in written.values()))
     return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """These commands on their own (``python -m splitfedzip.cli.serve_cmd``), as ``launch`` uses."""
-    parser = argparse.ArgumentParser(prog="splitfedzip")
-    register(parser.add_subparsers(dest="command", metavar="COMMAND", required=True))
-    args = parser.parse_args(argv)
-    try:
-        with warnings.catch_warnings():
-            # CompressAI scripts a function at import, which this torch deprecates.
-            warnings.filterwarnings(
-                "ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning
-            )
-            return int(args.func(args))
-    except (ConfigError, FileNotFoundError, ValueError) as e:
-        print(f"{parser.prog}: error: {e}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -238,7 +238,7 @@ def run_client(
 
 
 def _module_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "splitfedzip.cli.serve_cmd", *args]
+    return [sys.executable, "-m", "splitfedzip.cli.main", *args]
 
 
 def _free_port() -> int:
