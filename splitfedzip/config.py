@@ -80,11 +80,14 @@ class TrainConfig:
 
 @dataclass
 class FederationConfig:
-    """SplitFed variant, checkpoint selection and codec synchronisation."""
+    """SplitFed variant, checkpoint selection, codec synchronisation and round deadlines."""
 
     variant: Literal["v1", "v2"] = "v1"
     select: Literal["best", "last"] = "best"
     codec_sync_every: int = 0
+    #: Seconds after a round's first submission (or validation report) after which the clients
+    #: still missing are dropped from that round and it completes with the others.
+    round_timeout: float = 900.0
 
 
 @dataclass
@@ -235,6 +238,7 @@ def _validate(cfg: Config) -> Config:
         f"train.device: {t.device!r}",
     )
     need(cfg.federation.codec_sync_every >= 0, "federation.codec_sync_every: must be >= 0")
+    need(cfg.federation.round_timeout > 0, "federation.round_timeout: must be > 0 seconds")
     need(cfg.codec_options.latent_channels >= 1, "codec_options.latent_channels: must be >= 1")
     return cfg
 

@@ -160,7 +160,7 @@ def serve_main(
     wait_reachable(federation_target, connect_timeout)
     device = resolve_device(cfg.train.device)
     torch.manual_seed(cfg.train.seed)
-    party = MainServer(cfg, _num_classes(cfg), cfg.data.partition.num_clients(), device)
+    party = MainServer(cfg, _num_classes(cfg), device)
     return _serve_party(
         party, "main", cfg, listen, security, max_message, ledger_path, port_file, until_clients
     )

@@ -54,7 +54,7 @@ def run_embedded(cfg: Config, progress: bool = False) -> RunResult:
     num_classes = cfg.model.num_classes or data.num_classes
     n = len(data.clients)
     ledger = Ledger()
-    main = MainServer(cfg, num_classes, n, device)
+    main = MainServer(cfg, num_classes, device)
     federation = FederationServer(cfg, num_classes, n)
     clients = [
         Client(
@@ -82,18 +82,27 @@ def build_summary(
     cfg: Config, ledger: Ledger, results: list[ClientResult], test_images: int
 ) -> dict[str, Any]:
     """summary.json's content from the ledger and the tester's metrics."""
-    test = next(r.test for r in results if r.test is not None)
+    tester = next(r for r in results if r.test is not None)
     size = cfg.data.image_size
     raw = test_images * split_channels(cfg.model.base_width) * (size // 2) ** 2 * 4
     summary = {"scheme": cfg.scheme, "codec": cfg.codec, "lambda": cfg.lmbda}
-    summary |= summarize(ledger, test, test_images * size * size, raw)
+    summary |= summarize(ledger, tester.test, test_images * size * size, raw)
     summary["clients"] = len(results)
+    # Throughput: every client's training batches over the longest time a client spent in
+    # its training epochs (the clients train concurrently).
+    batches = sum(r.train_batches for r in results)
+    seconds = max(r.train_seconds for r in results)
+    summary["train_batches"] = batches
+    summary["train_batches_per_second"] = batches / seconds if seconds > 0 else None
+    summary["rounds"] = tester.rounds
+    summary["events"] = tester.events
     return summary
 
 
 def metrics_rows(result: RunResult) -> list[dict[str, Any]]:
     """One row per round: losses and the bytes that crossed in that round."""
     rounds: dict[int, dict[str, Any]] = {}
+    participants = {rec["round"]: rec["participants"] for cr in result.clients for rec in cr.rounds}
     for cr in result.clients:
         for h in cr.history:
             row = rounds.setdefault(h["round"], {"round": h["round"], "_train": [], "_val": []})
@@ -114,6 +123,7 @@ def metrics_rows(result: RunResult) -> list[dict[str, Any]]:
         row = rounds[r]
         out.append({
             "round": r,
+            "participants": " ".join(map(str, participants.get(r) or [])),
             "train_loss": float(np.mean(row["_train"])) if row["_train"] else None,
             "local_val_loss": float(np.mean(row["_val"])) if row["_val"] else None,
             "global_val_loss": float(np.mean(row["_global"])) if row.get("_global") else None,

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import logging
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,7 +18,7 @@ from ..codecs import codec_id
 from ..config import Config
 from ..metrics.segmentation import SegmentationMeter, soft_dice_loss
 from ..transport.base import Channel
-from ..wire import Kind, Phase, Split
+from ..wire import Frame, Kind, Phase, Split
 from .crossing import CodecReceiver, CodecSender
 from .messages import (
     Ids,
@@ -32,6 +34,8 @@ from .messages import (
 from .models import SCHEMES, ClientModel, crossing_codec, exchanged_state
 from .rng import RngScope
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class ClientResult:
@@ -40,6 +44,12 @@ class ClientResult:
     client: int
     test: dict[str, Any] | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
+    #: From the federation server (the tester only): who took part in each round, and events.
+    rounds: list[dict[str, Any]] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    #: Training batches this client ran, and the seconds spent in its training epochs.
+    train_batches: int = 0
+    train_seconds: float = 0.0
 
 
 class Client:
@@ -80,12 +90,14 @@ class Client:
         cfg, result = self.cfg, ClientResult(self.cid)
         ids = Ids(client=self.cid)
         join = {"type": "join", "train_samples": len(self.train_set)}
-        await self._control(self.federation, ids, join)
+        # The federation server says where to start: round 0, or the next round on a rejoin.
+        start = int((await self._control(self.federation, ids, join))["round"])
         await self._control(self.main, ids, join)
-        for r in range(cfg.train.rounds + 1):
+        for r in range(start, cfg.train.rounds + 1):
             ids = Ids(round=r, client=self.cid)
-            await self._load_global(ids)
-            await self._control(self.main, ids, {"type": "round_start"})
+            participants = await self._load_global(ids)
+            start_msg = {"type": "round_start", "participants": participants}
+            await self._control(self.main, ids, start_msg)
             await self.sync(ids)
             if r > 0:  # validate the global model averaged at the end of round r-1
                 val = await self.validate(ids)
@@ -95,7 +107,7 @@ class Client:
                 break
             await self._local_training(ids, result)
         if self.test_set is not None:
-            result.test = await self.test()
+            result.test = await self.test(result)
         await self._control(self.main, Ids(client=self.cid), {"type": "bye"})
         await self._control(self.federation, Ids(client=self.cid), {"type": "bye"})
         return result
@@ -106,12 +118,16 @@ class Client:
         best, best_loss, best_epoch = None, math.inf, cfg.train.local_epochs
         for e in range(1, cfg.train.local_epochs + 1):
             ids = ids.at(epoch=e)
-            train_loss = await self.train_epoch(ids)
+            log.info("client %d: round %d epoch %d", self.cid, ids.round, e)
+            tic, batches = time.perf_counter(), result.train_batches
+            train_loss = await self.train_epoch(ids, result)
+            result.train_seconds += time.perf_counter() - tic
             val = await self.validate(ids.at(phase=Phase.VAL))
             await self._control(self.main, ids, {"type": "epoch_end", "val_loss": val})
-            result.history.append(
-                {"round": ids.round, "epoch": e, "train_loss": train_loss, "val_loss": val}
-            )
+            result.history.append({
+                "round": ids.round, "epoch": e, "train_loss": train_loss, "val_loss": val,
+                "batches": result.train_batches - batches,
+            })  # fmt: skip
             if cfg.federation.select == "best" and val < best_loss:
                 best, best_loss, best_epoch = copy.deepcopy(self.model.state_dict()), val, e
         if best is not None:
@@ -120,17 +136,28 @@ class Client:
         await self._control(self.main, ids, {"type": "select", "epoch": best_epoch})
         message = control_frame(ids, {"type": "submit", "train_samples": len(self.train_set)})
         message += weights_frame(ids, exchanged_state(self.model))
-        expect(frames(await self.federation.request(message))[0], Kind.CONTROL, "submit ack")
+        ack = control_of(frames(await self.federation.request(message))[0], "ack")
+        if not ack["accepted"]:
+            log.warning("client %d: round %d closed before this submission", self.cid, ids.round)
 
-    async def _load_global(self, ids: Ids) -> None:
-        reply = frames(await self.federation.request(control_frame(ids, {"type": "get_global"})))
-        state = state_of(reply[0])
-        missing, unexpected = self.model.load_state_dict(state, strict=False)
+    async def _load_global(self, ids: Ids) -> list[int]:
+        """Install global round ``ids.round``; returns who took part in the round before."""
+        reply = await self._poll(self.federation, control_frame(ids, {"type": "get_global"}))
+        head = control_of(reply[0], "global")
+        missing, unexpected = self.model.load_state_dict(state_of(reply[1]), strict=False)
         tables = ("_quantized_cdf", "_offset", "_cdf_length", "scale_table")
         if unexpected or any(not k.endswith(tables) for k in missing):
             raise RuntimeError(
                 f"global weights do not fit the client model: {missing or unexpected}"
             )
+        return [int(c) for c in head["participants"]]
+
+    async def _poll(self, channel: Channel, message: bytes) -> list[Frame]:
+        """Ask until the answer is not ``wait`` (the server answers ``wait`` after a while)."""
+        while True:
+            reply = frames(await channel.request(message))
+            if control_of(reply[0])["type"] != "wait":
+                return reply
 
     def _reset_optimizers(self) -> None:
         params = [*self.model.front_end.parameters(), *self.model.back_end.parameters()]
@@ -164,7 +191,7 @@ class Client:
             generator=self._loader_gen if shuffle else None, drop_last=False,
         )  # fmt: skip
 
-    async def train_epoch(self, ids: Ids) -> float:
+    async def train_epoch(self, ids: Ids, result: ClientResult | None = None) -> float:
         """One local epoch over the training set; returns the mean Dice loss."""
         cfg, losses = self.cfg, []
         self.model.train()
@@ -181,6 +208,8 @@ class Client:
             if every and b and b % every == 0:
                 await self.sync(ids.at(batch=b))
             losses.append(await self.train_batch(ids.at(batch=b), x, y))
+            if result is not None:
+                result.train_batches += 1
             bar.update()
         bar.close()
         return float(np.mean(losses))
@@ -254,11 +283,13 @@ class Client:
         """Mean Dice loss on the validation set, eval mode, real bitstreams."""
         return await self._evaluate(ids.at(phase=Phase.VAL), self.val_set, None)
 
-    async def test(self) -> dict[str, Any]:
+    async def test(self, result: ClientResult | None = None) -> dict[str, Any]:
         """Test the best global model (as chosen by the federation server)."""
         ids = Ids(client=self.cid, phase=Phase.TEST)
-        reply = frames(await self.federation.request(control_frame(ids, {"type": "best_global"})))
+        reply = await self._poll(self.federation, control_frame(ids, {"type": "best_global"}))
         best = control_of(reply[0], "best_global")
+        if result is not None:
+            result.rounds, result.events = best["rounds"], best["events"]
         self.model.load_state_dict(state_of(reply[1]), strict=False)
         ids = ids.at(round=best["round"])
         await self._control(self.main, ids, {"type": "test_start"})

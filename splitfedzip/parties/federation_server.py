@@ -1,32 +1,48 @@
-"""The federation server: averages the client-side models and codecs (FedAvg) every round and
-keeps the global model with the lowest mean validation loss."""
+"""The federation server: averages the client-side models and codecs (FedAvg) every round,
+keeps the global model with the lowest mean validation loss, and decides who took part."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
+from collections.abc import Callable
+from dataclasses import asdict
 
 from torch import Tensor
 
 from ..config import Config
-from ..federation import fedavg
-from ..transport.base import Reply
+from ..federation import SUBMIT, VALIDATE, Rounds, fedavg
+from ..transport.base import Handler, Reply
 from .messages import Ids, ProtocolError, control_frame, control_of, frames, state_of, weights_frame
 from .models import ClientModel, exchanged_state
 
+log = logging.getLogger(__name__)
 
-class FederationServer:
-    """Holds the global client model; answers join, get_global, submit, val_report, best_global."""
 
-    def __init__(self, cfg: Config, num_classes: int, num_clients: int) -> None:
-        self.cfg, self.num_clients = cfg, num_clients
+class FederationServer(Handler):
+    """Answers join, get_global, submit, val_report and best_global.
+
+    A round closes when every expected client has submitted; a client whose connection is lost,
+    or that is still missing ``federation.round_timeout`` seconds after the round's first
+    submission, is dropped and the round is averaged over the others (weights renormalised).
+    Requests that wait for a round answer ``wait`` after ``poll_seconds``, and the client asks
+    again, so no single request outlives the transport's timeout.
+    """
+
+    def __init__(
+        self, cfg: Config, num_classes: int, num_clients: int, *, poll_seconds: float = 20.0
+    ) -> None:
+        self.cfg, self.poll_seconds = cfg, poll_seconds
         init = ClientModel(cfg, num_classes, cfg.train.seed)
         self.globals: dict[int, dict[str, Tensor]] = {0: exchanged_state(init)}
-        self.samples: dict[int, int] = {}
-        self._submitted: dict[int, dict[int, dict[str, Tensor]]] = {}
-        self._val: dict[int, dict[int, float]] = {}
+        self.rounds = Rounds(num_clients)
+        #: round -> the clients whose models were averaged into global round + 1
+        self.participants: dict[int, list[int]] = {}
         self.val_loss: dict[int, float] = {}
+        self.val_clients: dict[int, list[int]] = {}
         self._cond = asyncio.Condition()
+        self._timers: dict[tuple[str, int], asyncio.Task] = {}
 
     @property
     def best_round(self) -> int | None:
@@ -34,6 +50,11 @@ class FederationServer:
         if not self.val_loss:
             return None
         return min(self.val_loss, key=lambda r: (self.val_loss[r], r))
+
+    @property
+    def in_progress(self) -> int:
+        """The round being trained now (its global model exists, its average not yet)."""
+        return max(self.globals)
 
     async def handle(self, request: bytes, client: int) -> Reply:
         """Answer one message from ``client``."""
@@ -43,49 +64,100 @@ class FederationServer:
         ids = Ids(h.round, h.epoch, 0, client, h.phase)
         kind = msg["type"]
         if kind == "join":
-            self.samples[client] = int(msg["train_samples"])
-        elif kind == "get_global":
             async with self._cond:
-                await self._cond.wait_for(lambda: h.round in self.globals)
-            return Reply(weights_frame(ids, self.globals[h.round]))
-        elif kind == "submit":
+                start = self.rounds.join(client, self.in_progress)
+                self._settle()  # a rejoin stops the open round waiting for the old connection
+            return Reply(control_frame(ids, {"type": "joined", "round": start}))
+        if kind == "get_global":
+            if not await self._wait(lambda: h.round in self.globals):
+                return Reply(control_frame(ids, {"type": "wait"}))
+            head = {"type": "global", "participants": self.participants.get(h.round - 1, [])}
+            return Reply(control_frame(ids, head) + weights_frame(ids, self.globals[h.round]))
+        if kind == "submit":
             if len(msgs) != 2:
                 raise ProtocolError("submit must carry one weights frame")
-            await self._submit(client, h.round, state_of(msgs[1]), int(msg["train_samples"]))
-        elif kind == "val_report":
-            await self._val_report(client, h.round, float(msg["loss"]))
-        elif kind == "best_global":
+            value = (state_of(msgs[1]), int(msg["train_samples"]))
+            accepted = await self._arrive(SUBMIT, h.round, client, value)
+            return Reply(control_frame(ids, {"type": "ack", "accepted": accepted}))
+        if kind == "val_report":
+            accepted = await self._arrive(VALIDATE, h.round, client, float(msg["loss"]))
+            return Reply(control_frame(ids, {"type": "ack", "accepted": accepted}))
+        if kind == "best_global":
             final = self.cfg.train.rounds
-            async with self._cond:
-                await self._cond.wait_for(lambda: final in self.val_loss)
-            r = self.best_round
-            return Reply(
-                control_frame(
-                    ids, {"type": "best_global", "round": r, "val_loss": self.val_loss[r]}
-                )
-                + weights_frame(ids, self.globals[r])
-            )
-        elif kind != "bye":
+            if not await self._wait(lambda: final in self.val_loss):
+                return Reply(control_frame(ids, {"type": "wait"}))
+            best = self.globals[self.best_round]
+            return Reply(control_frame(ids, self._record()) + weights_frame(ids, best))
+        if kind != "bye":
             raise ProtocolError(f"federation server: unknown control message {kind!r}")
         return Reply(control_frame(ids, {"type": "ack"}))
 
-    async def _submit(self, client: int, r: int, state: dict[str, Tensor], n: int) -> None:
+    async def disconnected(self, client: int) -> None:
+        """The transport lost ``client``: stop waiting for it."""
         async with self._cond:
-            got = self._submitted.setdefault(r, {})
-            got[client] = state
-            self.samples[client] = n
-            if len(got) == self.num_clients:
-                order = sorted(got)
-                self.globals[r + 1] = fedavg(
-                    [got[c] for c in order], [self.samples[c] for c in order]
-                )
-                del self._submitted[r]
-                self._cond.notify_all()
+            r = self.in_progress
+            self.rounds.drop(client, r, "dropped", "connection lost")
+            self._settle()
 
-    async def _val_report(self, client: int, r: int, loss: float) -> None:
+    def _record(self) -> dict:
+        r = self.best_round
+        rounds = [
+            {
+                "round": k, "participants": self.participants.get(k),
+                "val_loss": self.val_loss.get(k + 1), "val_clients": self.val_clients.get(k + 1),
+            }
+            for k in range(self.cfg.train.rounds)
+        ]  # fmt: skip
+        events = [asdict(e) for e in self.rounds.events]
+        return {
+            "type": "best_global", "round": r, "val_loss": self.val_loss[r],
+            "rounds": rounds, "events": events,
+        }  # fmt: skip
+
+    async def _wait(self, ready: Callable[[], bool]) -> bool:
         async with self._cond:
-            got = self._val.setdefault(r, {})
-            got[client] = loss
-            if len(got) == self.num_clients:
-                self.val_loss[r] = math.fsum(got.values()) / len(got)
-                self._cond.notify_all()
+            try:
+                await asyncio.wait_for(self._cond.wait_for(ready), self.poll_seconds)
+            except TimeoutError:
+                return ready()
+        return True
+
+    async def _arrive(self, kind: str, r: int, client: int, value: object) -> bool:
+        async with self._cond:
+            if not self.rounds.arrive(kind, r, client, value):
+                log.warning("client %d: %s for round %d arrived after it closed", client, kind, r)
+                return False
+            if (kind, r) not in self._timers:
+                self._timers[kind, r] = asyncio.create_task(self._deadline(kind, r))
+            self._settle()
+            return True
+
+    async def _deadline(self, kind: str, r: int) -> None:
+        timeout = self.cfg.federation.round_timeout
+        await asyncio.sleep(timeout)
+        async with self._cond:
+            for c in sorted(self.rounds.missing(kind, r)):
+                log.warning("client %d: no %s for round %d in %g s; dropped", c, kind, r, timeout)
+                self.rounds.drop(c, r, "timeout", f"no {kind} within {timeout:g} s of the first")
+            self._settle()
+
+    def _settle(self) -> None:
+        """Close every barrier that has all it waits for (the caller holds the condition)."""
+        closed = False
+        for kind, r in self.rounds.ready():
+            values = self.rounds.close(kind, r)
+            timer = self._timers.pop((kind, r), None)
+            if timer is not None and timer is not asyncio.current_task():
+                timer.cancel()
+            order = sorted(values)
+            if kind == SUBMIT:
+                # FedAvg over whoever took part: weights renormalise over their sample counts.
+                states, samples = zip(*(values[c] for c in order), strict=True)
+                self.globals[r + 1] = fedavg(states, samples)
+                self.participants[r] = order
+            else:
+                self.val_loss[r] = math.fsum(values.values()) / len(values)
+                self.val_clients[r] = order
+            closed = True
+        if closed:
+            self._cond.notify_all()

@@ -3,9 +3,8 @@ shared model trained client after client (V2), and the codecs it sends with."""
 
 from __future__ import annotations
 
-import asyncio
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -13,7 +12,7 @@ from torch import Tensor
 from ..codecs import codec_id
 from ..config import Config
 from ..federation import fedavg
-from ..transport.base import Reply
+from ..transport.base import Handler, Reply
 from ..wire import Frame, Kind, Phase, Split
 from .crossing import CodecReceiver, CodecSender
 from .messages import (
@@ -51,22 +50,28 @@ class Peer:
     train_samples: int = 0
     pending: tuple[Tensor, object, int] | None = None
     best: tuple[int, float, dict[str, Tensor]] | None = None
-    history: list[float] = field(default_factory=list)
 
 
-class MainServer:
-    """Answers the clients' per-batch exchanges and averages the server replicas each round."""
+class MainServer(Handler):
+    """Answers the clients' per-batch exchanges and averages the server replicas each round.
 
-    def __init__(self, cfg: Config, num_classes: int, num_clients: int, device: torch.device):
+    The federation server decides who took part in a round; each client relays that list when
+    it starts the next round, and the replicas those clients selected are averaged (V1). Every
+    client must relay the same list. Nothing here waits for another client, so a client that
+    drops out cannot hold the main server up.
+    """
+
+    def __init__(self, cfg: Config, num_classes: int, device: torch.device):
         self.cfg, self.num_classes, self.device = cfg, num_classes, device
-        self.num_clients = num_clients
         self.peers: dict[int, Peer] = {}
         seed = cfg.train.seed
         self._template = ServerModel(cfg, num_classes, seed).to(device)
         self.globals: dict[int, dict[str, Tensor]] = {0: exchanged_state(self._template)}
+        #: round -> the clients whose replicas were averaged into global round + 1
+        self.participants: dict[int, list[int]] = {}
         self._shared = self._make_replica() if cfg.federation.variant == "v2" else None
-        self._selected: dict[int, set[int]] = {}
-        self._cond = asyncio.Condition()
+        #: round -> client -> (the selected replica's state, its training samples)
+        self._selected: dict[int, dict[int, tuple[dict[str, Tensor], int]]] = {}
 
     def _make_replica(self) -> Replica:
         cfg, opts = self.cfg, self.cfg.codec_options
@@ -91,7 +96,7 @@ class MainServer:
         if head.header.client != client:
             raise ProtocolError(f"frame names client {head.header.client}, sender is {client}")
         if kind == Kind.CONTROL:
-            return await self._control(control_of(head), head, msgs[1:], client)
+            return self._control(control_of(head), head, msgs[1:], client)
         if kind == Kind.FEATURE and head.header.phase == Phase.TRAIN:
             return self._forward_train(self._peer(client), head)
         if kind == Kind.FEATURE:
@@ -100,12 +105,18 @@ class MainServer:
             return self._backward(self._peer(client), head)
         raise ProtocolError(f"main server does not accept {kind.label} frames here")
 
+    async def disconnected(self, client: int) -> None:
+        """Forget the lost client's half-done batch; its selected replicas stay for averaging."""
+        if client in self.peers:
+            self.peers[client].pending = None
+
     # --- control -------------------------------------------------------------------------
 
-    async def _control(self, msg: dict, head: Frame, rest: list[Frame], client: int) -> Reply:
+    def _control(self, msg: dict, head: Frame, rest: list[Frame], client: int) -> Reply:
         ids = Ids(head.header.round, head.header.epoch, 0, client, head.header.phase)
         kind = msg["type"]
         if kind == "join":
+            # A rejoining client starts afresh: a new replica, new codec receivers.
             replica = self._shared or self._make_replica()
             self.peers[client] = Peer(
                 replica,
@@ -115,37 +126,64 @@ class MainServer:
                 int(msg["train_samples"]),
             )
         elif kind == "round_start":
-            await self._round_start(self._peer(client), ids.round)
+            self._round_start(self._peer(client), ids.round, msg.get("participants", []))
         elif kind == "sync":
             return self._sync(self._peer(client), ids, rest)
         elif kind == "epoch_end":
             self._epoch_end(self._peer(client), ids.epoch, float(msg["val_loss"]))
         elif kind == "select":
-            await self._select(client, ids.round, int(msg["epoch"]))
+            self._select(client, ids.round, int(msg["epoch"]))
         elif kind == "test_start":
-            await self._load_global(self._peer(client), ids.round)
+            self._test_start(self._peer(client), ids.round)
         elif kind != "bye":
             raise ProtocolError(f"main server: unknown control message {kind!r}")
         return Reply(control_frame(ids, {"type": "ack"}))
 
-    async def _load_global(self, peer: Peer, r: int) -> None:
-        async with self._cond:
-            await self._cond.wait_for(lambda: r in self.globals)
-        if self._shared is None or r not in self._loaded_rounds():
-            peer.replica.model.load_state_dict(self.globals[r], strict=False)
+    def _global(self, r: int, participants: list[int]) -> dict[str, Tensor]:
+        """Global round ``r``: averaged on first request from round r-1's participants."""
+        if r in self.globals:
+            if r > 0 and participants != self.participants[r - 1]:
+                raise ProtocolError(
+                    f"round {r - 1}: participants {participants} disagree with "
+                    f"{self.participants[r - 1]} relayed before"
+                )
+            return self.globals[r]
+        if r - 1 not in self.globals:
+            raise ProtocolError(f"round {r} started before round {r - 1}")
+        if self._shared is not None:
+            self.globals[r] = exchanged_state(self._shared.model)
+        else:
+            chosen = self._selected.get(r - 1, {})
+            absent = [c for c in participants if c not in chosen]
+            if not participants or absent:
+                raise ProtocolError(
+                    f"round {r - 1}: participants {participants}, but no selected replica for "
+                    f"{absent or 'anyone'}"
+                )
+            states, samples = zip(*(chosen[c] for c in participants), strict=True)
+            self.globals[r] = fedavg(states, samples)
+            for old in [k for k in self._selected if k < r]:
+                del self._selected[old]
+        self.participants[r - 1] = list(participants)
+        return self.globals[r]
 
-    def _loaded_rounds(self) -> set[int]:
-        # V2 keeps training one model across rounds; it is never overwritten by a global.
-        return set(self.globals)
-
-    async def _round_start(self, peer: Peer, r: int) -> None:
-        await self._load_global(peer, r)
+    def _round_start(self, peer: Peer, r: int, participants: list[int]) -> None:
+        state = self._global(r, participants)
         peer.best, peer.pending = None, None
-        if self._shared is None:
+        if self._shared is None:  # V2 keeps training its one model across rounds
             rep = peer.replica
+            rep.model.load_state_dict(state, strict=False)
             rep.opt = torch.optim.Adam(rep.model.server.parameters(), lr=self.cfg.train.lr)
             rep.s2f.reset_optimizers()
             rep.s1g.reset_optimizers()
+
+    def _test_start(self, peer: Peer, r: int) -> None:
+        if r not in self.globals:
+            raise ProtocolError(f"test of global round {r}, which the main server never built")
+        if self._shared is not None:
+            # The others may still be validating with the shared model: test on a copy.
+            peer.replica = copy.deepcopy(self._shared)
+        peer.replica.model.load_state_dict(self.globals[r], strict=False)
 
     def _sync(self, peer: Peer, ids: Ids, rest: list[Frame]) -> Reply:
         for f in rest:
@@ -164,26 +202,18 @@ class MainServer:
             if peer.best is None or val_loss < peer.best[1]:
                 peer.best = (epoch, val_loss, copy.deepcopy(peer.replica.model.state_dict()))
 
-    async def _select(self, client: int, r: int, epoch: int) -> None:
+    def _select(self, client: int, r: int, epoch: int) -> None:
         peer = self._peer(client)
+        if self._shared is not None:
+            return
         if peer.best is not None:
             if peer.best[0] != epoch:
                 raise ProtocolError(
                     f"client {client} selected epoch {epoch}, server kept {peer.best[0]}"
                 )
             peer.replica.model.load_state_dict(peer.best[2])
-        async with self._cond:
-            done = self._selected.setdefault(r, set())
-            done.add(client)
-            if len(done) == self.num_clients:
-                self.globals[r + 1] = self._average(sorted(done))
-                self._cond.notify_all()
-
-    def _average(self, clients: list[int]) -> dict[str, Tensor]:
-        if self._shared is not None:
-            return exchanged_state(self._shared.model)
-        states = [exchanged_state(self.peers[c].replica.model) for c in clients]
-        return fedavg(states, [self.peers[c].train_samples for c in clients])
+        state = {k: v.detach().clone() for k, v in exchanged_state(peer.replica.model).items()}
+        self._selected.setdefault(r, {})[client] = (state, peer.train_samples)
 
     # --- per batch -----------------------------------------------------------------------
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Protocol
 
 
 class TransportError(RuntimeError):
@@ -25,12 +24,15 @@ class Reply:
     estimates: dict[int, float] = field(default_factory=dict)
 
 
-class Handler(Protocol):
+class Handler(ABC):
     """A serving party: answers one request message from one client."""
 
+    @abstractmethod
     async def handle(self, request: bytes, client: int) -> Reply:
         """Answer ``request`` from ``client`` (an empty answer is allowed)."""
-        ...
+
+    async def disconnected(self, client: int) -> None:  # noqa: B027 - optional hook
+        """``client``'s connection ended without it saying goodbye (it died or was cut off)."""
 
 
 class Channel(ABC):

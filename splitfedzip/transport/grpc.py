@@ -1,10 +1,12 @@
 """The gRPC transport: each client holds one long-lived bidirectional stream per serving party.
 
 Messages travel as raw bytes (identity serialisers, no generated code). On each stream the
-client writes a request message and reads the answer, strictly in turn. The server checks the
-client's identity when the stream opens (a per-client token, and/or the CN ``client-N`` of a
-mutual-TLS certificate), validates every request's frames before the party sees them, and
-answers a bad request with an error status that ends that client's stream only.
+client writes a request message and reads the answer, strictly in turn. An empty message is the
+client's goodbye: a stream that ends without one is a client that dropped out, and the serving
+party is told. The server checks the client's identity when the stream opens (a per-client
+token, and/or the CN ``client-N`` of a mutual-TLS certificate), validates every request's frames
+before the party sees them, and answers a bad request with an error status that ends that
+client's stream only.
 """
 
 from __future__ import annotations
@@ -137,7 +139,9 @@ class PartyService:
         self.until_clients = until_clients
         self.active: set[int] = set()
         self.finished: set[int] = set()
+        self.dropped: set[int] = set()
         self.done = asyncio.Event()
+        self._notices: set[asyncio.Task] = set()
 
     async def _identify(self, context: grpc.aio.ServicerContext) -> int:
         metadata = {k: v for k, v in context.invocation_metadata() or ()}
@@ -179,27 +183,40 @@ class PartyService:
                 grpc.StatusCode.ALREADY_EXISTS, f"client {client} is already connected"
             )
         self.active.add(client)  # no await since the check: no other stream can slip in
+        self.dropped.discard(client)
         log.info("%s: client %d connected from %s", self.peer, client, context.peer())
         clean = False
         try:
             async for message in requests:
+                if not message:  # the goodbye of GrpcChannel.close
+                    clean = True
+                    break
                 reply = await self._answer(message, client, context)
                 yield reply
-            clean = True
         finally:
-            self.active.discard(client)
-            log.info("%s: client %d %s", self.peer, client, "left" if clean else "dropped")
-            if clean:
-                self.finished.add(client)
-                if self.until_clients is not None and len(self.finished) >= self.until_clients:
-                    self.done.set()
+            self._ended(client, clean)
+
+    def _ended(self, client: int, clean: bool) -> None:
+        self.active.discard(client)
+        log.info("%s: client %d %s", self.peer, client, "left" if clean else "dropped")
+        if clean:
+            self.finished.add(client)
+        else:
+            self.dropped.add(client)
+            # A task, not an await: this runs in the finally of a cancelled stream.
+            notice = asyncio.get_running_loop().create_task(self.handler.disconnected(client))
+            self._notices.add(notice)
+            notice.add_done_callback(self._notices.discard)
+        # Done once every client has left or dropped out and none is connected any more.
+        ended = len(self.finished | self.dropped)
+        if self.until_clients is not None and ended >= self.until_clients and not self.active:
+            self.done.set()
 
     async def _answer(
         self, message: bytes, client: int, context: grpc.aio.ServicerContext
     ) -> bytes:
         try:
-            if not read_frames(message, max_payload=self.max_message):
-                raise FrameError("empty message: at least one frame is required")
+            read_frames(message, max_payload=self.max_message)
             reply = await self.handler.handle(message, client)
             if not isinstance(reply.message, bytes):
                 raise TypeError(f"handler answered {type(reply.message).__name__}, not bytes")
@@ -324,6 +341,8 @@ class GrpcChannel(Channel):
         """Write ``message`` on the stream and wait for the answer."""
         if not isinstance(message, bytes):
             raise TypeError(f"parties exchange bytes only, got {type(message).__name__}")
+        if not message:
+            raise ValueError("empty message: a request carries at least one frame")
         async with self._lock:  # one request in flight per stream: answers come in order
             if self._call is None:
                 self._call = self._stub(metadata=self._metadata)
@@ -366,6 +385,9 @@ class GrpcChannel(Channel):
             call, self._call = self._call, None
             if call is not None:
                 try:
+                    # An empty message says goodbye: the server tells a client that left from
+                    # one whose stream just ended (a dead process looks the same otherwise).
+                    await asyncio.wait_for(call.write(b""), 5.0)
                     await asyncio.wait_for(call.done_writing(), 5.0)
                     await asyncio.wait_for(call.read(), 5.0)
                 except (grpc.aio.AioRpcError, TimeoutError, asyncio.InvalidStateError):
