@@ -3,12 +3,13 @@ import json
 import pytest
 
 from splitfedzip.cli.main import COMMANDS, build_parser, main
+from splitfedzip.models import split_channels
 
 
 def test_every_command_module_registers_itself():
     assert all(callable(m.register) for m in COMMANDS)
     parser = build_parser()
-    for argv in (["inspect"], ["bench", "codecs"]):
+    for argv in (["inspect"], ["bench", "codecs"], ["bench", "runtime"], ["bench", "deploy"]):
         assert callable(parser.parse_args(argv).func)
 
 
@@ -64,3 +65,33 @@ def test_bench_codecs_tiny(tmp_path, capsys):
 def test_bench_codecs_rejects_unknown_codec(capsys):
     assert main(["bench", "codecs", "--codecs", "ae,jpeg"]) == 2
     assert "jpeg" in capsys.readouterr().err
+
+
+def test_bench_runtime_tiny(capsys):
+    argv = [
+        "bench", "runtime", "--json", "--codecs", "ae", "--batches", "2", "--repeats", "1",
+        "--set", "data.image_size=64", "--set", "model.base_width=4",
+        "--set", "data.num_samples=16", "--set", "train.batch_size=2",
+    ]  # fmt: skip
+    assert main(argv) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["scheme"], r["codec"]) for r in rows] == [("nc", "-"), ("f", "ae"), ("fg", "ae")]
+    nc, f, fg = rows
+    assert nc["ratio_to_nc"] == 1.0 and all(r["batches"] == 2 for r in rows)
+    # nc: float32 S1 and S2 features and gradients (batch 2, 32x32) plus frame headers.
+    raw = 4 * 2 * split_channels(4) * 32 * 32 * 4
+    assert raw < nc["split_bytes_per_batch"] < raw * 1.01
+    assert fg["split_bytes_per_batch"] < f["split_bytes_per_batch"] < nc["split_bytes_per_batch"]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["bench", "runtime", "--schemes", "nc,h"], "'h'"),
+        (["bench", "runtime", "--codecs", "jpeg"], "'jpeg'"),
+        (["bench", "runtime", "--batches", "0"], "--batches"),
+    ],
+)
+def test_bench_runtime_bad_options(argv, message, capsys):
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err

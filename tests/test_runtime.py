@@ -6,7 +6,7 @@ import torch
 
 from splitfedzip.cli.main import main as cli
 from splitfedzip.config import ConfigError, load_config
-from splitfedzip.experiments.train import run_embedded
+from splitfedzip.experiments.train import covered_seconds, run_embedded
 from splitfedzip.metrics.summary import payload_bytes
 from splitfedzip.parties.crossing import SyncError
 from splitfedzip.transport.embedded import EmbeddedChannel
@@ -173,6 +173,12 @@ def test_train_command_writes_every_output(tmp_path, capsys):
                 "bytes_split_gradients", "bytes_split", "bytes_federation", "bytes_total",
                 "wall_seconds"):  # fmt: skip
         assert key in summary, key
+    # TINY: 2 clients of 5 training images (batch 2: 3 batches), 1 round of 1 epoch, no faults.
+    assert summary["train_batches"] == 6 and summary["train_batches_per_second"] > 0
+    assert summary["events"] == []
+    assert [r["participants"] for r in summary["rounds"]] == [[0, 1]]
+    metrics = (out / "metrics.csv").read_text().splitlines()
+    assert metrics[0].split(",")[:2] == ["round", "participants"] and ",0 1," in metrics[1]
     header = (out / "ledger.csv").read_text().splitlines()[0].split(",")
     assert header[:9] == ["round", "epoch", "batch", "client", "split", "direction", "kind",
                           "bytes", "est_bits"]  # fmt: skip
@@ -186,3 +192,8 @@ def test_unknown_key_on_the_command_line_exits_2(capsys):
 def test_asyncio_not_left_running():
     with pytest.raises(RuntimeError):
         asyncio.get_running_loop()
+
+
+def test_throughput_counts_time_when_any_client_trains():
+    assert covered_seconds([(0.0, 2.0), (1.0, 3.0), (5.0, 6.0)]) == 4.0
+    assert covered_seconds([(0.0, 1.0), (0.2, 0.5)]) == 1.0 and covered_seconds([]) == 0.0

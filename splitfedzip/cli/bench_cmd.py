@@ -28,8 +28,54 @@ def register_codecs(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_codecs)
 
 
+def register_runtime(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``bench runtime``."""
+    p = subparsers.add_parser(
+        "runtime",
+        help="time per training batch of nc, f and fg with each codec, as ratios to nc",
+        description="Time one client's training batches (front end, S1, main server, S2, back "
+        "end, gradients back, every crossing really coded) for each scheme and codec, "
+        "interleaved in one run. Without CONFIG: the demo's configuration.",
+    )
+    p.add_argument("config", nargs="?", help="YAML run configuration (default: the demo's)")
+    _set_option(p)
+    p.add_argument("--json", action="store_true", help="print a JSON list of rows")
+    p.add_argument("--schemes", default="nc,f,fg", help="comma-separated (default nc,f,fg)")
+    p.add_argument(
+        "--codecs", default="ae,cheng2020-attn", help="comma-separated (default: both learned)"
+    )
+    p.add_argument("--batches", type=int, default=8, help="timed batches per repeat (default 8)")
+    p.add_argument("--repeats", type=int, default=3, help="interleaved passes (default 3)")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads for torch (default 1)")
+    p.set_defaults(func=run_runtime)
+
+
+def register_deploy(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``bench deploy``."""
+    p = subparsers.add_parser(
+        "deploy",
+        help="training batches per second of launch (gRPC, processes) over train (embedded)",
+        description="Run the same configuration with train and with launch, one after the "
+        "other, and compare their training throughput. Without CONFIG: the demo's "
+        "configuration with scheme fg.",
+    )
+    p.add_argument("config", nargs="?", help="YAML run configuration (default: the demo's, fg)")
+    _set_option(p)
+    p.add_argument("--out", default="runs/bench-deploy", help="output directory of both runs")
+    p.add_argument("--insecure", action="store_true", help="launch without TLS")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=run_deploy)
+
+
+def _set_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a config key (repeatable)",
+    )  # fmt: skip
+
+
 # Each entry adds one benchmark's parser to the ``bench`` subparsers and sets its ``func``.
-BENCHES = (register_codecs,)
+BENCHES = (register_codecs, register_runtime, register_deploy)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -70,4 +116,49 @@ def run_codecs(args: argparse.Namespace) -> int:
     setup = BenchSetup(**opts) if cfg is None else setup_from_config(cfg, **opts)
     rows = bench_codecs(setup)
     print(json.dumps(rows, indent=2) if args.json else format_rows(rows, setup))
+    return 0
+
+
+def _names(text: str, what: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    if not names:
+        raise ValueError(f"--{what}: give at least one name")
+    return names
+
+
+def _demo_config(path: str | None, overrides: list[str], *extra: str):
+    from ..experiments.demo import DEMO_CONFIG
+
+    if path is not None:
+        return load_config(path, overrides)
+    return load_config(DEMO_CONFIG, [*extra, *overrides])
+
+
+def run_runtime(args: argparse.Namespace) -> int:
+    """Run the per-batch runtime benchmark and print a table or JSON."""
+    from ..config import CODECS, SCHEMES
+    from ..experiments.bench_runtime import RuntimeSetup, bench_runtime, format_rows
+
+    cfg = _demo_config(args.config, args.overrides)
+    schemes, codecs = _names(args.schemes, "schemes"), _names(args.codecs, "codecs")
+    for what, names, known in (("schemes", schemes, SCHEMES), ("codecs", codecs, CODECS)):
+        for name in names:
+            if name not in known:
+                raise ValueError(f"--{what}: {name!r} is not one of {', '.join(known)}")
+    if min(args.batches, args.repeats, args.threads) < 1:
+        raise ValueError("--batches, --repeats and --threads must be >= 1")
+    setup = RuntimeSetup(schemes, codecs, batches=args.batches, repeats=args.repeats,
+                         threads=args.threads)  # fmt: skip
+    rows = bench_runtime(cfg, setup)
+    print(json.dumps(rows, indent=2) if args.json else format_rows(rows, cfg, setup))
+    return 0
+
+
+def run_deploy(args: argparse.Namespace) -> int:
+    """Run train and launch on one configuration and print their throughput ratio."""
+    from ..experiments.bench_deploy import bench_deploy, format_result
+
+    cfg = _demo_config(args.config, args.overrides, "scheme=fg")
+    result = bench_deploy(cfg, args.out, insecure=args.insecure)
+    print(json.dumps(result, indent=2) if args.json else format_result(result))
     return 0

@@ -333,6 +333,10 @@ def launch(
         # The token goes through the environment, not argv, which other users can read.
         client_sec = [["--tls-ca", str(certs / "ca.pem")] for _ in range(n)]
     deadline = time.monotonic() + timeout
+    # The main server and the clients compute at once on this machine's cores: each gets an
+    # equal share of threads (OpenMP teams larger than that collapse when they contend).
+    threads = str(max(1, (os.cpu_count() or 1) // (n + 1)))
+    base_env = dict(os.environ) | {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", threads)}
     procs = _Processes(logs)
     try:
         # Every process starts at once (their imports take seconds); the main server and the
@@ -344,6 +348,7 @@ def launch(
                 "serve", "federation", *common, *server_sec, "--listen", fed,
                 "--ledger", str(parts / "ledger-federation.csv"),
             ),
+            base_env,
         )  # fmt: skip
         procs.start(
             "main",
@@ -351,9 +356,10 @@ def launch(
                 "serve", "main", *common, *server_sec, "--listen", main, "--federation", fed,
                 "--ledger", str(parts / "ledger-main.csv"),
             ),
+            base_env,
         )  # fmt: skip
         for i in range(n):
-            env = dict(os.environ)
+            env = dict(base_env)
             if not insecure:
                 env["SPLITFEDZIP_TOKEN"] = tokens[str(i)]
             command = _module_command(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,15 +89,26 @@ def build_summary(
     summary = {"scheme": cfg.scheme, "codec": cfg.codec, "lambda": cfg.lmbda}
     summary |= summarize(ledger, tester.test, test_images * size * size, raw)
     summary["clients"] = len(results)
-    # Throughput: every client's training batches over the longest time a client spent in
-    # its training epochs (the clients train concurrently).
+    # Throughput: every client's training batches over the time during which at least one
+    # client was training (embedded clients take turns, deployed ones overlap).
     batches = sum(r.train_batches for r in results)
-    seconds = max(r.train_seconds for r in results)
+    seconds = covered_seconds([span for r in results for span in r.train_spans])
     summary["train_batches"] = batches
+    summary["train_seconds"] = seconds
     summary["train_batches_per_second"] = batches / seconds if seconds > 0 else None
     summary["rounds"] = tester.rounds
     summary["events"] = tester.events
     return summary
+
+
+def covered_seconds(spans: list[tuple[float, float]]) -> float:
+    """Length of the union of time intervals."""
+    total, end = 0.0, -math.inf
+    for a, b in sorted(spans):
+        if b > end:
+            total += b - max(a, end)
+            end = b
+    return total
 
 
 def metrics_rows(result: RunResult) -> list[dict[str, Any]]:

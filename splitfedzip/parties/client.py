@@ -47,9 +47,9 @@ class ClientResult:
     #: From the federation server (the tester only): who took part in each round, and events.
     rounds: list[dict[str, Any]] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)
-    #: Training batches this client ran, and the seconds spent in its training epochs.
+    #: Training batches this client ran, and when (wall clock, from, to) each epoch trained.
     train_batches: int = 0
-    train_seconds: float = 0.0
+    train_spans: list[tuple[float, float]] = field(default_factory=list)
 
 
 class Client:
@@ -88,17 +88,10 @@ class Client:
     async def run(self) -> ClientResult:
         """Join, train every round, report validation, and (the tester) run the test pass."""
         cfg, result = self.cfg, ClientResult(self.cid)
-        ids = Ids(client=self.cid)
-        join = {"type": "join", "train_samples": len(self.train_set)}
-        # The federation server says where to start: round 0, or the next round on a rejoin.
-        start = int((await self._control(self.federation, ids, join))["round"])
-        await self._control(self.main, ids, join)
+        start = await self.join()
         for r in range(start, cfg.train.rounds + 1):
             ids = Ids(round=r, client=self.cid)
-            participants = await self._load_global(ids)
-            start_msg = {"type": "round_start", "participants": participants}
-            await self._control(self.main, ids, start_msg)
-            await self.sync(ids)
+            await self.begin_round(ids)
             if r > 0:  # validate the global model averaged at the end of round r-1
                 val = await self.validate(ids)
                 await self._control(self.federation, ids, {"type": "val_report", "loss": val})
@@ -112,16 +105,31 @@ class Client:
         await self._control(self.federation, Ids(client=self.cid), {"type": "bye"})
         return result
 
+    async def join(self) -> int:
+        """Join both servers; returns the first round to take part in (later on a rejoin)."""
+        ids = Ids(client=self.cid)
+        join = {"type": "join", "train_samples": len(self.train_set)}
+        start = int((await self._control(self.federation, ids, join))["round"])
+        await self._control(self.main, ids, join)
+        return start
+
+    async def begin_round(self, ids: Ids) -> None:
+        """Install the global model of ``ids.round`` on both sides and sync the codecs."""
+        participants = await self._load_global(ids)
+        start = {"type": "round_start", "participants": participants}
+        await self._control(self.main, ids, start)
+        await self.sync(ids)
+        self.reset_optimizers()
+
     async def _local_training(self, ids: Ids, result: ClientResult) -> None:
         cfg = self.cfg
-        self._reset_optimizers()
         best, best_loss, best_epoch = None, math.inf, cfg.train.local_epochs
         for e in range(1, cfg.train.local_epochs + 1):
             ids = ids.at(epoch=e)
             log.info("client %d: round %d epoch %d", self.cid, ids.round, e)
-            tic, batches = time.perf_counter(), result.train_batches
+            tic, batches = time.time(), result.train_batches
             train_loss = await self.train_epoch(ids, result)
-            result.train_seconds += time.perf_counter() - tic
+            result.train_spans.append((tic, time.time()))
             val = await self.validate(ids.at(phase=Phase.VAL))
             await self._control(self.main, ids, {"type": "epoch_end", "val_loss": val})
             result.history.append({
@@ -159,7 +167,8 @@ class Client:
             if control_of(reply[0])["type"] != "wait":
                 return reply
 
-    def _reset_optimizers(self) -> None:
+    def reset_optimizers(self) -> None:
+        """Fresh Adam states for the front end, back end and sending codecs (each round)."""
         params = [*self.model.front_end.parameters(), *self.model.back_end.parameters()]
         self.opt = torch.optim.Adam(params, lr=self.cfg.train.lr)
         self.s1f.reset_optimizers()
