@@ -275,14 +275,19 @@ class _Processes:
         path = self.procs[name][1]
         return RuntimeError(f"{name} {why}; see {path}:\n{_tail(path)}")
 
-    def wait(self, name: str, deadline: float) -> None:
+    def status(self, name: str, deadline: float) -> int:
+        """Wait for ``name`` to exit by ``deadline``; its exit status."""
         proc = self.procs[name][0]
         try:
-            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            return proc.wait(timeout=max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             raise self.failure(name, "did not finish in time") from None
-        if proc.returncode != 0:
-            raise self.failure(name, f"failed with status {proc.returncode}")
+
+    def wait(self, name: str, deadline: float) -> None:
+        """Wait for ``name`` to exit by ``deadline``; it must succeed."""
+        status = self.status(name, deadline)
+        if status != 0:
+            raise self.failure(name, f"failed with status {status}")
 
     def stop_all(self) -> None:
         for proc, _ in self.procs.values():
@@ -338,6 +343,7 @@ def launch(
     threads = str(max(1, (os.cpu_count() or 1) // (n + 1)))
     base_env = dict(os.environ) | {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", threads)}
     procs = _Processes(logs)
+    failed: list[dict[str, object]] = []
     try:
         # Every process starts at once (their imports take seconds); the main server and the
         # clients wait, bounded, for the servers to come up.
@@ -369,19 +375,32 @@ def launch(
                 "--result", str(parts / f"client-{i}.json"), "--connect-timeout", "120",
             )  # fmt: skip
             procs.start(f"client-{i}", command, env)
-        for i in range(n):
-            procs.wait(f"client-{i}", deadline)
-        # The servers stop by themselves once every client has left.
+        procs.wait("client-0", deadline)  # the tester: without it there is no result
+        for i in range(1, n):
+            # Another client failing does not stop the run (its rounds complete without it);
+            # the summary names it.
+            status = procs.status(f"client-{i}", deadline)
+            if status != 0:
+                log.warning("%s", procs.failure(f"client-{i}", f"failed with status {status}"))
+                failed.append({"process": f"client-{i}", "status": status})
+        # The servers stop by themselves once every client has left or dropped out.
         for name in ("main", "federation"):
             procs.wait(name, min(deadline, time.monotonic() + 30))
     finally:
         procs.stop_all()
     ledger = Ledger()
+    lost = {f["process"] for f in failed}
     for name in [*(f"client-{i}" for i in range(n)), "main", "federation"]:
-        ledger.extend(Ledger.read_csv(parts / f"ledger-{name}.csv").rows)
+        path = parts / f"ledger-{name}.csv"
+        if name in lost and not path.exists():
+            continue  # killed before writing it: the servers' rows of its traffic remain
+        ledger.extend(Ledger.read_csv(path).rows)
     results, test_images = [], None
     for i in range(n):
-        result, images = client_result_from_json((parts / f"client-{i}.json").read_text())
+        path = parts / f"client-{i}.json"
+        if f"client-{i}" in lost and not path.exists():
+            continue
+        result, images = client_result_from_json(path.read_text())
         results.append(result)
         test_images = images if images is not None else test_images
     if test_images is None:
@@ -390,6 +409,7 @@ def launch(
     summary["wall_seconds"] = time.perf_counter() - start
     summary["device"] = str(resolve_device(cfg.train.device))
     summary["transport"] = "grpc-tls" if not insecure else "grpc-insecure"
+    summary["failed_processes"] = failed
     result = RunResult(summary, ledger, results)
     write_outputs(cfg, result, out)
     return result
