@@ -24,6 +24,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     d.add_argument("--no-progress", action="store_true", help="no progress bars")
     d.set_defaults(func=_demo)
 
+    w = subparsers.add_parser(
+        "sweep",
+        help="rate-accuracy curves over lambda for scheme:codec variants, and their BD-rates",
+        description="Train CONFIG once per variant and lambda, write each run like train, and "
+        "write curves.csv (one point per run) and bd.csv (BD-rate and BD-MJI of each variant "
+        "against the anchor, on BPP-S1, BPP-S2 and BPP-T).",
+    )
+    w.add_argument("config", nargs="?", help="YAML config shared by every run")
+    w.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key (repeatable)")  # fmt: skip
+    w.add_argument("--lambdas", default="10,100,1000", help="comma-separated (default 10,100,1000)")
+    w.add_argument("--variants", default="f:ae,f:cheng2020-attn",
+                   help="comma-separated scheme:codec (default f:ae,f:cheng2020-attn)")  # fmt: skip
+    w.add_argument("--anchor", help="variant the others are compared with (default: the first)")
+    w.add_argument("--method", choices=("auto", "cubic", "pchip"), default="auto",
+                   help="BD fit: cubic (4+ lambdas), pchip, or auto")  # fmt: skip
+    w.add_argument("--out", default="runs/sweep", help="output folder (default: runs/sweep)")
+    w.add_argument("--report", action="store_true",
+                   help="train nothing: recompute bd.csv from OUT/curves.csv")  # fmt: skip
+    w.add_argument("--no-progress", action="store_true", help="no progress bars")
+    w.set_defaults(func=_sweep)
+
 
 def _train(args: argparse.Namespace) -> int:
     from ..config import load_config
@@ -47,4 +69,49 @@ def _demo(args: argparse.Namespace) -> int:
     (out / "table.txt").write_text(table + "\n")
     print(table)
     print(f"wrote {out}/{{nc,f-ae,fg-ae}}/ and {out}/table.txt")
+    return 0
+
+
+def _variants(text: str) -> list[tuple[str, str]]:
+    out = []
+    for item in (v.strip() for v in text.split(",") if v.strip()):
+        scheme, sep, codec = item.partition(":")
+        if not sep or not scheme or not codec:
+            raise ValueError(f"--variants: {item!r} is not scheme:codec (e.g. fg:ae)")
+        out.append((scheme, codec))
+    if not out:
+        raise ValueError("--variants: give at least one scheme:codec")
+    return out
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from ..config import load_config
+    from ..experiments import sweep
+
+    out = Path(args.out)
+    variants = [f"{s}-{c}" for s, c in _variants(args.variants)]
+    if args.report:
+        points = sweep.read_points(out / "curves.csv")
+    else:
+        lambdas = [float(x) for x in args.lambdas.split(",") if x.strip()]
+        if not lambdas:
+            raise ValueError("--lambdas: give at least one value")
+        # Every configuration is built (and checked) before the first run starts.
+        configs = [
+            load_config(args.config, [*args.overrides, f"scheme={s}", f"codec={c}", f"lambda={x}"])
+            for s, c in _variants(args.variants)
+            for x in lambdas
+        ]
+        out.mkdir(parents=True, exist_ok=True)
+        points = sweep.run_sweep(configs, out, progress=not args.no_progress)
+    anchor = args.anchor or variants[0]
+    counts = {v: sum(p["variant"] == v for p in points) for v in {p["variant"] for p in points}}
+    method = args.method
+    if method == "auto":
+        method = "cubic" if min(counts.values()) >= 4 else "pchip"
+    bd = sweep.bd_table(points, anchor, method) if len(counts) > 1 else []
+    if bd:
+        sweep.write_csv(out / "bd.csv", bd)
+    print(sweep.format_tables(points, bd))
+    print(f"wrote {out}/curves.csv" + (f" and {out}/bd.csv" if bd else ""))
     return 0
