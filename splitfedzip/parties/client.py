@@ -127,14 +127,15 @@ class Client:
         for e in range(1, cfg.train.local_epochs + 1):
             ids = ids.at(epoch=e)
             log.info("client %d: round %d epoch %d", self.cid, ids.round, e)
-            tic, batches = time.time(), result.train_batches
-            train_loss = await self.train_epoch(ids, result)
+            tic = time.time()
+            train_loss, batches = await self.train_epoch(ids)
             result.train_spans.append((tic, time.time()))
+            result.train_batches += batches
             val = await self.validate(ids.at(phase=Phase.VAL))
             await self._control(self.main, ids, {"type": "epoch_end", "val_loss": val})
             result.history.append({
                 "round": ids.round, "epoch": e, "train_loss": train_loss, "val_loss": val,
-                "batches": result.train_batches - batches,
+                "batches": batches,
             })  # fmt: skip
             if cfg.federation.select == "best" and val < best_loss:
                 best, best_loss, best_epoch = copy.deepcopy(self.model.state_dict()), val, e
@@ -200,8 +201,8 @@ class Client:
             generator=self._loader_gen if shuffle else None, drop_last=False,
         )  # fmt: skip
 
-    async def train_epoch(self, ids: Ids, result: ClientResult | None = None) -> float:
-        """One local epoch over the training set; returns the mean Dice loss."""
+    async def train_epoch(self, ids: Ids) -> tuple[float, int]:
+        """One local epoch over the training set; returns the mean Dice loss and the batches."""
         cfg, losses = self.cfg, []
         self.model.train()
         loader = self._loader(self.train_set, shuffle=True)
@@ -217,11 +218,9 @@ class Client:
             if every and b and b % every == 0:
                 await self.sync(ids.at(batch=b))
             losses.append(await self.train_batch(ids.at(batch=b), x, y))
-            if result is not None:
-                result.train_batches += 1
             bar.update()
         bar.close()
-        return float(np.mean(losses))
+        return float(np.mean(losses)), len(losses)
 
     async def train_batch(self, ids: Ids, x: torch.Tensor, y: torch.Tensor) -> float:
         """FE -> S1 -> server -> S2 -> BE -> loss -> S2 gradient -> server -> S1 gradient -> FE."""
