@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from ..config import load_config
+from .options import add_overrides
 
 
 def register_codecs(subparsers: argparse._SubParsersAction) -> None:
@@ -38,7 +39,7 @@ def register_runtime(subparsers: argparse._SubParsersAction) -> None:
         "interleaved in one run. Without CONFIG: the demo's configuration.",
     )
     p.add_argument("config", nargs="?", help="YAML run configuration (default: the demo's)")
-    _set_option(p)
+    add_overrides(p)
     p.add_argument("--json", action="store_true", help="print a JSON list of rows")
     p.add_argument("--schemes", default="nc,f,fg", help="comma-separated (default nc,f,fg)")
     p.add_argument(
@@ -60,18 +61,11 @@ def register_deploy(subparsers: argparse._SubParsersAction) -> None:
         "configuration with scheme fg.",
     )
     p.add_argument("config", nargs="?", help="YAML run configuration (default: the demo's, fg)")
-    _set_option(p)
+    add_overrides(p)
     p.add_argument("--out", default="runs/bench-deploy", help="output directory of both runs")
     p.add_argument("--insecure", action="store_true", help="launch without TLS")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=run_deploy)
-
-
-def _set_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-        help="override a config key (repeatable)",
-    )  # fmt: skip
 
 
 # Each entry adds one benchmark's parser to the ``bench`` subparsers and sets its ``func``.

@@ -10,16 +10,14 @@ import sys
 from pathlib import Path
 
 from ..config import load_config
+from .options import add_overrides
 
 TOKEN_ENV = "SPLITFEDZIP_TOKEN"
 
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, help="YAML run configuration (the same everywhere)")
-    p.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-        help="override a config key (repeatable)",
-    )  # fmt: skip
+    add_overrides(p)
     p.add_argument(
         "--max-message-mb", type=int, default=256,
         help="largest message sent or accepted, in MiB (default 256)",
@@ -97,10 +95,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="run every party as a process on 127.0.0.1 and collect the results like train",
     )
     launch.add_argument("--config", required=True, help="YAML run configuration")
-    launch.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-        help="override a config key (repeatable)",
-    )  # fmt: skip
+    add_overrides(launch)
     launch.add_argument("--out", type=Path, default=Path("runs/launch"), help="output directory")
     launch.add_argument(
         "--insecure", action="store_true", help="plaintext instead of TLS with tokens"

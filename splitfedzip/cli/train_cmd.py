@@ -6,21 +6,21 @@ import argparse
 import json
 from pathlib import Path
 
+from .options import add_overrides
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``train`` and ``demo`` commands."""
     p = subparsers.add_parser("train", help="run SplitFedZip training with every party in-process")
     p.add_argument("config", nargs="?", help="YAML config (defaults for every missing key)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set lambda=4 (repeatable)")  # fmt: skip
+    add_overrides(p)
     p.add_argument("--out", default="runs/train", help="output folder (default: runs/train)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_train)
 
     d = subparsers.add_parser("demo", help="nc, f-ae and fg-ae on synthetic lesions, side by side")
     d.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
-    d.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a key of the demo's config")  # fmt: skip
+    add_overrides(d, "a key of the demo's config")
     d.add_argument("--no-progress", action="store_true", help="no progress bars")
     d.set_defaults(func=_demo)
 
@@ -32,8 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "against the anchor, on BPP-S1, BPP-S2 and BPP-T).",
     )
     w.add_argument("config", nargs="?", help="YAML config shared by every run")
-    w.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key (repeatable)")  # fmt: skip
+    add_overrides(w)
     w.add_argument("--lambdas", default="10,100,1000", help="comma-separated (default 10,100,1000)")
     w.add_argument("--variants", default="f:ae,f:cheng2020-attn",
                    help="comma-separated scheme:codec (default f:ae,f:cheng2020-attn)")  # fmt: skip
