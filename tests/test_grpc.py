@@ -138,12 +138,21 @@ def test_tls_tokens_and_duplicate_client(certs: Path) -> None:
             ok = await GrpcChannel.connect(target, 0, peer="main", security=client_sec("secret-0"))
             assert read_frames(await ok.request(_frame(0, b"hi")))[0].payload == b"ih"
             twin = await GrpcChannel.connect(
-                target, 0, peer="main", security=client_sec("secret-0")
+                target, 0, peer="main", security=client_sec("secret-0"), claim_timeout=1
             )
             with pytest.raises(TransportError, match="ALREADY_EXISTS.*already connected"):
                 await twin.request(_frame(0, b"hi"))
             await twin.close()
-            await ok.close()
+            # A restarted client waits (bounded) for its old stream to go, then gets through.
+            again = await GrpcChannel.connect(
+                target, 0, peer="main", security=client_sec("secret-0"), claim_timeout=20
+            )
+            closing = asyncio.get_running_loop().call_later(
+                1.5, lambda: asyncio.ensure_future(ok.close())
+            )
+            assert read_frames(await again.request(_frame(0, b"yo")))[0].payload == b"oy"
+            closing.cancel()
+            await again.close()
             # Plaintext against a TLS server never becomes ready.
             with pytest.raises(TransportError, match="not reachable"):
                 await GrpcChannel.connect(

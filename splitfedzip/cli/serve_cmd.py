@@ -80,8 +80,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     client.add_argument("--ledger", type=Path, help="where to write this client's ledger csv")
     client.add_argument("--result", type=Path, help="where to write this client's result JSON")
     client.add_argument(
-        "--connect-timeout", type=float, default=30.0,
-        help="seconds to wait for a server to be reachable (default 30)",
+        "--connect-timeout", type=float, default=60.0,
+        help="seconds to wait for a server to be reachable, and for this client's id to be "
+        "free after a restart (default 60)",
     )  # fmt: skip
     client.add_argument(
         "--request-timeout", type=float, default=600.0,

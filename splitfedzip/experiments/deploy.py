@@ -188,7 +188,7 @@ def run_client(
     max_message: int = DEFAULT_MAX_MESSAGE,
     ledger_path: Path | None = None,
     result_path: Path | None = None,
-    connect_timeout: float = 30.0,
+    connect_timeout: float = 60.0,
     request_timeout: float | None = 600.0,
     progress: bool = False,
 ) -> ClientResult:
@@ -206,6 +206,7 @@ def run_client(
         common = dict(
             security=security, ledger=ledger, max_message=max_message,
             connect_timeout=connect_timeout, request_timeout=request_timeout,
+            claim_timeout=connect_timeout,
         )  # fmt: skip
         main = await GrpcChannel.connect(main_target, client_id, peer="main", **common)
         try:

@@ -15,6 +15,11 @@ from dataclasses import dataclass, field
 class TransportError(RuntimeError):
     """A peer went away, refused the message, or did not answer in time."""
 
+    def __init__(self, message: str, status: str | None = None) -> None:
+        super().__init__(message)
+        #: The network's status name where it gave one (e.g. ``UNAVAILABLE``).
+        self.status = status
+
 
 @dataclass
 class Reply:

@@ -15,6 +15,7 @@ import asyncio
 import hmac
 import logging
 import math
+import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -295,9 +296,11 @@ class GrpcChannel(Channel):
         ledger: Ledger | None = None,
         max_message: int = DEFAULT_MAX_MESSAGE,
         request_timeout: float | None = 600.0,
+        claim_timeout: float = 60.0,
     ) -> None:
         self.target, self.client_id, self.peer = target, client_id, peer
         self._ledger, self._timeout = ledger, request_timeout
+        self._claim_timeout = claim_timeout
         options = channel_options(max_message)
         if security.insecure:
             self._channel = grpc.aio.insecure_channel(target, options=options)
@@ -334,8 +337,12 @@ class GrpcChannel(Channel):
         return channel
 
     def _error(self, what: str, e: grpc.aio.AioRpcError | None = None) -> TransportError:
-        status = "" if e is None else f": {e.code().name}: {e.details()}"
-        return TransportError(f"{self.peer} at {self.target}: {what}{status}")
+        if e is None:
+            return TransportError(f"{self.peer} at {self.target}: {what}")
+        status = e.code().name
+        return TransportError(
+            f"{self.peer} at {self.target}: {what}: {status}: {e.details()}", status
+        )
 
     async def request(self, message: bytes, estimates: dict[int, float] | None = None) -> bytes:
         """Write ``message`` on the stream and wait for the answer."""
@@ -344,32 +351,49 @@ class GrpcChannel(Channel):
         if not message:
             raise ValueError("empty message: a request carries at least one frame")
         async with self._lock:  # one request in flight per stream: answers come in order
-            if self._call is None:
-                self._call = self._stub(metadata=self._metadata)
-            call = self._call
             if self._ledger is not None:
                 self._ledger.record_message(
                     message, f"client->{self.peer}", estimates=estimates,
                     wire_bytes=wire_bytes(len(message)),
                 )  # fmt: skip
-            try:
-                await asyncio.wait_for(call.write(message), self._timeout)
-                reply = await asyncio.wait_for(call.read(), self._timeout)
-            except grpc.aio.AioRpcError as e:
-                self._call = None
-                raise self._error("request failed", e) from None
-            except TimeoutError:
-                self._call = None
-                call.cancel()
-                raise self._error(f"no answer within {self._timeout:g} s") from None
-            except asyncio.InvalidStateError:
-                # write() on a stream the server already ended: report the server's status.
-                self._call = None
-                raise await self._ended(call) from None
-            if reply is grpc.aio.EOF:
-                self._call = None
-                raise await self._ended(call)
-            return bytes(reply)
+            deadline = time.monotonic() + self._claim_timeout
+            while True:
+                fresh = self._call is None
+                try:
+                    return await self._exchange(message)
+                except TransportError as e:
+                    # A restarted client can find its id still held by its old stream, which
+                    # the server only drops once keepalive notices it is dead; the refused
+                    # request never reached the party, so sending it again is safe.
+                    if not (fresh and e.status == "ALREADY_EXISTS"):
+                        raise
+                    if time.monotonic() >= deadline:
+                        raise
+                    log.info("%s: client id %d still held; retrying", self.peer, self.client_id)
+                    await asyncio.sleep(1.0)
+
+    async def _exchange(self, message: bytes) -> bytes:
+        if self._call is None:
+            self._call = self._stub(metadata=self._metadata)
+        call = self._call
+        try:
+            await asyncio.wait_for(call.write(message), self._timeout)
+            reply = await asyncio.wait_for(call.read(), self._timeout)
+        except grpc.aio.AioRpcError as e:
+            self._call = None
+            raise self._error("request failed", e) from None
+        except TimeoutError:
+            self._call = None
+            call.cancel()
+            raise self._error(f"no answer within {self._timeout:g} s") from None
+        except asyncio.InvalidStateError:
+            # write() on a stream the server already ended: report the server's status.
+            self._call = None
+            raise await self._ended(call) from None
+        if reply is grpc.aio.EOF:
+            self._call = None
+            raise await self._ended(call)
+        return bytes(reply)
 
     async def _ended(self, call: grpc.aio.StreamStreamCall) -> TransportError:
         try:
@@ -377,7 +401,9 @@ class GrpcChannel(Channel):
             details = await call.details()
         except TimeoutError:
             return self._error("stream ended without a status")
-        return TransportError(f"{self.peer} at {self.target}: stream ended: {code.name}: {details}")
+        return TransportError(
+            f"{self.peer} at {self.target}: stream ended: {code.name}: {details}", code.name
+        )
 
     async def close(self) -> None:
         """Half-close the stream, wait for the server to end it, release the connection."""
