@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from splitfedzip.config import dump_config, load_config
 
 TINY = [
@@ -107,11 +109,14 @@ def test_client_killed_mid_round_round_completes_and_it_rejoins(tmp_path: Path) 
     assert "client 1 dropped" in d.log("federation") and "client 1 dropped" in d.log("main")
 
 
-def test_main_server_going_away_stops_the_client_with_a_clear_error(tmp_path: Path) -> None:
+@pytest.mark.parametrize("dies, survives", [(1, 0), (0, 1)], ids=["main", "federation"])
+def test_a_server_going_away_stops_the_client_with_a_clear_error(dies, survives, tmp_path):
     with Deployment(tmp_path, "data.partition={kind: iid, clients: 1}", "train.rounds=3") as d:
+        names = ("federation", "main")
         client = d.client(0)
         d.wait_for(lambda: "round 0 epoch 1" in d.log("client-0"))
-        d.procs[1].send_signal(signal.SIGKILL)  # the main server
+        d.procs[dies].send_signal(signal.SIGKILL)
         assert client.wait(90) == 1, d.all_logs()
-        assert "main at 127.0.0.1" in d.log("client-0"), d.log("client-0")
-        assert d.procs[0].wait(60) == 0, d.all_logs()  # the federation server stops too
+        assert f"{names[dies]} at 127.0.0.1" in d.log("client-0"), d.log("client-0")
+        assert "UNAVAILABLE" in d.log("client-0")
+        assert d.procs[survives].wait(60) == 0, d.all_logs()  # the other server stops too
