@@ -84,3 +84,12 @@ def test_sweep_command_runs_every_point_and_reports(tmp_path, capsys):
 def test_sweep_bad_input_is_a_clear_error(argv, message, capsys):
     assert main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+def test_auto_method_falls_back_to_pchip_on_repeated_points():
+    anchor, test = _points("f-ae", 1.0), _points("fg-ae", 0.5)
+    assert {r["method"] for r in bd_table(anchor + test, "f-ae", "auto")} == {"cubic"}
+    test[3]["bpp_s1"] = test[2]["bpp_s1"]  # two lambdas at the same rate: 3 distinct values
+    rows = {r["rate"]: r for r in bd_table(anchor + test, "f-ae", "auto")}
+    assert rows["bpp_s1"]["method"] == "pchip" and rows["bpp_s1"]["bd_rate_percent"] is not None
+    assert rows["bpp_t"]["method"] == "cubic"

@@ -38,7 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="comma-separated scheme:codec (default f:ae,f:cheng2020-attn)")  # fmt: skip
     w.add_argument("--anchor", help="variant the others are compared with (default: the first)")
     w.add_argument("--method", choices=("auto", "cubic", "pchip"), default="auto",
-                   help="BD fit: cubic (4+ lambdas), pchip, or auto")  # fmt: skip
+                   help="cubic, pchip, or auto: cubic given 4 distinct values")  # fmt: skip
     w.add_argument("--out", default="runs/sweep", help="output folder (default: runs/sweep)")
     w.add_argument("--report", action="store_true",
                    help="train nothing: recompute bd.csv from OUT/curves.csv")  # fmt: skip
@@ -104,11 +104,8 @@ def _sweep(args: argparse.Namespace) -> int:
         out.mkdir(parents=True, exist_ok=True)
         points = sweep.run_sweep(configs, out, progress=not args.no_progress)
     anchor = args.anchor or variants[0]
-    counts = {v: sum(p["variant"] == v for p in points) for v in {p["variant"] for p in points}}
-    method = args.method
-    if method == "auto":
-        method = "cubic" if min(counts.values()) >= 4 else "pchip"
-    bd = sweep.bd_table(points, anchor, method) if len(counts) > 1 else []
+    several = len({p["variant"] for p in points}) > 1
+    bd = sweep.bd_table(points, anchor, args.method) if several else []
     if bd:
         sweep.write_csv(out / "bd.csv", bd)
     print(sweep.format_tables(points, bd))

@@ -43,7 +43,10 @@ def run_sweep(configs: Sequence[Config], out: Path, progress: bool = False) -> l
 
 
 def bd_table(points: list[dict[str, Any]], anchor: str, method: str) -> list[dict[str, Any]]:
-    """BD-rate (%) and BD-MJI of every variant against ``anchor``, for each rate in RATES."""
+    """BD-rate (%) and BD-MJI of every variant against ``anchor``, for each rate in RATES.
+
+    ``method`` is ``cubic``, ``pchip`` or ``auto`` (chosen per comparison, see ``_method``).
+    """
     curves: dict[str, list[dict[str, Any]]] = {}
     for p in points:
         curves.setdefault(p["variant"], []).append(p)
@@ -55,19 +58,25 @@ def bd_table(points: list[dict[str, Any]], anchor: str, method: str) -> list[dic
         if name == anchor:
             continue
         for rate in RATES:
-            row = {"variant": name, "anchor": anchor, "rate": rate, "method": method}
             args = (
                 [p[rate] for p in ref], [p["test_mji"] for p in ref],
                 [p[rate] for p in pts], [p["test_mji"] for p in pts],
             )  # fmt: skip
+            used = _method(args) if method == "auto" else method
+            row = {"variant": name, "anchor": anchor, "rate": rate, "method": used}
             try:
-                row["bd_rate_percent"] = bd_rate(*args, method=method)
-                row["bd_mji"] = bd_metric(*args, method=method)
+                row["bd_rate_percent"] = bd_rate(*args, method=used)
+                row["bd_mji"] = bd_metric(*args, method=used)
             except ValueError as e:  # e.g. curves that do not overlap: say so, do not guess
                 row["bd_rate_percent"] = row["bd_mji"] = None
                 row["error"] = str(e)
             rows.append(row)
     return rows
+
+
+def _method(curves: tuple[list[float], ...]) -> str:
+    """Cubic (the classic fit) where every rate and metric has 4 distinct values, else PCHIP."""
+    return "cubic" if all(len(set(values)) >= 4 for values in curves) else "pchip"
 
 
 def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
