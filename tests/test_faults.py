@@ -1,4 +1,5 @@
-"""Faults across processes on 127.0.0.1: a client killed mid-round, a server that goes away."""
+"""Faults across processes on 127.0.0.1: a client killed mid-round (under `serve`/`client` and
+under `launch`), a server that goes away."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -120,3 +122,48 @@ def test_a_server_going_away_stops_the_client_with_a_clear_error(dies, survives,
         assert f"{names[dies]} at 127.0.0.1" in d.log("client-0"), d.log("client-0")
         assert "UNAVAILABLE" in d.log("client-0")
         assert d.procs[survives].wait(60) == 0, d.all_logs()  # the other server stops too
+
+
+def _kill_process_with_args(*args: str) -> int:
+    """SIGKILL the process whose command line holds all of ``args``; its pid."""
+    for proc in Path("/proc").iterdir():
+        try:
+            argv = (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if proc.name.isdigit() and all(a in argv for a in args):
+            os.kill(int(proc.name), signal.SIGKILL)
+            return int(proc.name)
+    raise AssertionError(f"no process with {args}")
+
+
+def test_launch_goes_on_without_a_client_that_died(tmp_path: Path) -> None:
+    from splitfedzip.experiments.deploy import launch
+
+    cfg = load_config(None, [*TINY, "data.partition={kind: iid, clients: 2}", "train.rounds=2"])
+    out = tmp_path / "run"
+    log = out / "logs" / "client-1.log"
+
+    def kill_client_1() -> None:
+        deadline = time.monotonic() + LIMIT
+        while not (log.exists() and "round 0 epoch 2" in log.read_text(errors="replace")):
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        _kill_process_with_args("--client-id", "1", str(out / "parts" / "client-1.json"))
+
+    killer = threading.Thread(target=kill_client_1)
+    killer.start()
+    try:
+        result = launch(cfg, out, insecure=True, timeout=LIMIT)
+    finally:
+        killer.join()
+    s = result.summary
+    assert s["failed_processes"] == [{"process": "client-1", "status": -signal.SIGKILL}]
+    [event] = s["events"]
+    assert (event["client"], event["event"]) == (1, "dropped")
+    for rec in s["rounds"]:
+        r = rec["round"]
+        # The round it died in: without it, unless it had submitted just before.
+        allowed = [[0, 1]] if r < event["round"] else [[0]] if r > event["round"] else [[0], [0, 1]]
+        assert rec["participants"] in allowed, s["rounds"]
+    assert 0 <= s["test_mji"] <= 1 and (out / "summary.json").is_file()
