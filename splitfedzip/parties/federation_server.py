@@ -100,6 +100,8 @@ class FederationServer(Handler):
             self._settle()
 
     def _record(self) -> dict:
+        """The best_global answer: the round chosen, each round's participants and validation,
+        and the membership events."""
         r = self.best_round
         rounds = [
             {
