@@ -47,7 +47,8 @@ def _server(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port-file", type=Path, help="write HOST:PORT here once serving")
     p.add_argument(
         "--until-clients", type=int,
-        help="stop once this many clients have left (default: the configured number; 0: never)",
+        help="stop once this many clients have left or dropped out and none is connected "
+        "(default: the configured number; 0: never)",
     )  # fmt: skip
 
 

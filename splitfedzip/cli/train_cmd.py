@@ -88,7 +88,8 @@ def _sweep(args: argparse.Namespace) -> int:
     from ..experiments import sweep
 
     out = Path(args.out)
-    variants = [f"{s}-{c}" for s, c in _variants(args.variants)]
+    pairs = _variants(args.variants)
+    variants = [f"{s}-{c}" for s, c in pairs]
     if args.report:
         points = sweep.read_points(out / "curves.csv")
     else:
@@ -98,7 +99,7 @@ def _sweep(args: argparse.Namespace) -> int:
         # Every configuration is built (and checked) before the first run starts.
         configs = [
             load_config(args.config, [*args.overrides, f"scheme={s}", f"codec={c}", f"lambda={x}"])
-            for s, c in _variants(args.variants)
+            for s, c in pairs
             for x in lambdas
         ]
         out.mkdir(parents=True, exist_ok=True)

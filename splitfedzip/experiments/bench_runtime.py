@@ -12,15 +12,11 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..config import Config
-from ..data import build_federated_data
 from ..metrics.ledger import Ledger
 from ..parties.client import Client
-from ..parties.federation_server import FederationServer
-from ..parties.main_server import MainServer
 from ..parties.messages import Ids
-from ..transport.embedded import EmbeddedChannel
 from ..wire import Kind
-from .train import resolve_device
+from .train import embedded_parties, resolve_device
 
 
 @dataclass(frozen=True)
@@ -54,18 +50,9 @@ def variants(cfg: Config, setup: RuntimeSetup) -> list[Config]:
 
 
 async def _prepare(cfg: Config, device: torch.device) -> _Variant:
-    """One client with a main and a federation server, at the start of round 0."""
-    torch.manual_seed(cfg.train.seed)
-    data = build_federated_data(cfg.data, cfg.train.seed)
-    num_classes = cfg.model.num_classes or data.num_classes
-    ledger, own = Ledger(), data.clients[0]
-    main = MainServer(cfg, num_classes, device)
-    federation = FederationServer(cfg, num_classes, len(data.clients))
-    client = Client(
-        0, cfg, num_classes, own.train, own.val,
-        EmbeddedChannel(main, 0, "main", ledger),
-        EmbeddedChannel(federation, 0, "federation", ledger), device,
-    )  # fmt: skip
+    """Client 0 with a main and a federation server, at the start of round 0."""
+    parties = embedded_parties(cfg, device)
+    client, ledger, own = parties.clients[0], parties.ledger, parties.data.clients[0]
     await client.join()
     await client.begin_round(Ids(client=0))
     loader = DataLoader(own.train, batch_size=cfg.train.batch_size)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ..config import Config, dump_config
-from ..data import build_federated_data
+from ..data import FederatedData, build_federated_data
 from ..metrics.ledger import Ledger
 from ..metrics.summary import summarize
 from ..models import split_channels
@@ -46,17 +46,25 @@ class RunResult:
     checkpoints: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
 
 
-def run_embedded(cfg: Config, progress: bool = False) -> RunResult:
-    """Run every party in this process over the embedded transport."""
-    start = time.perf_counter()
-    device = resolve_device(cfg.train.device)
+@dataclass
+class EmbeddedParties:
+    """Every party of a run in this process, wired by embedded channels into one ledger."""
+
+    data: FederatedData
+    main: MainServer
+    federation: FederationServer
+    clients: list[Client]
+    ledger: Ledger
+
+
+def embedded_parties(cfg: Config, device: torch.device, progress: bool = False) -> EmbeddedParties:
+    """Build the data and every party of ``cfg``; client 0 holds the test set."""
     torch.manual_seed(cfg.train.seed)
     data = build_federated_data(cfg.data, cfg.train.seed)
     num_classes = cfg.model.num_classes or data.num_classes
-    n = len(data.clients)
     ledger = Ledger()
     main = MainServer(cfg, num_classes, device)
-    federation = FederationServer(cfg, num_classes, n)
+    federation = FederationServer(cfg, num_classes, len(data.clients))
     clients = [
         Client(
             cid, cfg, num_classes, cd.train, cd.val,
@@ -66,17 +74,27 @@ def run_embedded(cfg: Config, progress: bool = False) -> RunResult:
         )
         for cid, cd in enumerate(data.clients)
     ]  # fmt: skip
+    return EmbeddedParties(data, main, federation, clients, ledger)
+
+
+def run_embedded(cfg: Config, progress: bool = False) -> RunResult:
+    """Run every party in this process over the embedded transport."""
+    start = time.perf_counter()
+    device = resolve_device(cfg.train.device)
+    p = embedded_parties(cfg, device, progress)
 
     async def run_all() -> list[ClientResult]:
-        return list(await asyncio.gather(*(c.run() for c in clients)))
+        return list(await asyncio.gather(*(c.run() for c in p.clients)))
 
     results = asyncio.run(run_all())
-    summary = build_summary(cfg, ledger, results, len(data.test))
+    summary = build_summary(cfg, p.ledger, results, len(p.data.test))
     summary["wall_seconds"] = time.perf_counter() - start
     summary["device"] = str(device)
-    best = federation.best_round
-    checkpoints = {"client_global": federation.globals[best], "server_global": main.globals[best]}
-    return RunResult(summary, ledger, results, checkpoints)
+    best = p.federation.best_round
+    checkpoints = {
+        "client_global": p.federation.globals[best], "server_global": p.main.globals[best]
+    }  # fmt: skip
+    return RunResult(summary, p.ledger, results, checkpoints)
 
 
 def build_summary(
