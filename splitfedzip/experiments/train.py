@@ -16,6 +16,7 @@ import torch
 
 from ..config import Config, dump_config
 from ..data import FederatedData, build_federated_data
+from ..metrics.history import HISTORY_COLUMNS, epoch_history
 from ..metrics.ledger import Ledger
 from ..metrics.summary import summarize
 from ..models import split_channels
@@ -164,16 +165,31 @@ def metrics_rows(result: RunResult) -> list[dict[str, Any]]:
     return out
 
 
+def history_rows(cfg: Config, result: RunResult) -> list[dict[str, Any]]:
+    """history.csv's rows: every client's local epochs with the BPP of each crossing."""
+    histories = {cr.client: cr.history for cr in result.clients}
+    return epoch_history(histories, result.ledger, cfg.data.image_size)
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=columns)
+        w.writeheader()
+        w.writerows(rows)  # None is written as an empty field
+
+
 def write_outputs(cfg: Config, result: RunResult, out: Path) -> None:
-    """config.yaml, metrics.csv, ledger.csv, summary.json, checkpoints/."""
+    """config.yaml, metrics.csv, history.csv, ledger.csv, summary.json, predictions.npz,
+    checkpoints/."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(dump_config(cfg))
     rows = metrics_rows(result)
-    with open(out / "metrics.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    _write_csv(out / "metrics.csv", rows, list(rows[0]))
+    _write_csv(out / "history.csv", history_rows(cfg, result), list(HISTORY_COLUMNS))
     result.ledger.write_csv(out / "ledger.csv")
+    examples = next((r.examples for r in result.clients if r.examples is not None), None)
+    if examples is not None:
+        np.savez(out / "predictions.npz", **examples)
     (out / "summary.json").write_text(json.dumps(result.summary, indent=2) + "\n")
     (out / "checkpoints").mkdir(exist_ok=True)
     for name, state in result.checkpoints.items():

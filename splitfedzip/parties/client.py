@@ -6,6 +6,7 @@ import copy
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +17,7 @@ from tqdm import tqdm
 
 from ..codecs import codec_id
 from ..config import Config
+from ..metrics.history import EXAMPLES, prediction_examples
 from ..metrics.segmentation import SegmentationMeter, soft_dice_loss
 from ..transport.base import Channel
 from ..wire import Frame, Kind, Phase, Split
@@ -50,6 +52,8 @@ class ClientResult:
     #: Training batches this client ran, and when (wall clock, from, to) each epoch trained.
     train_batches: int = 0
     train_spans: list[tuple[float, float]] = field(default_factory=list)
+    #: The tester's first test images, masks, predictions and per-image MJI (predictions.npz).
+    examples: dict[str, np.ndarray] | None = None
 
 
 class Client:
@@ -133,10 +137,16 @@ class Client:
             result.train_batches += batches
             val = await self.validate(ids.at(phase=Phase.VAL))
             await self._control(self.main, ids, {"type": "epoch_end", "val_loss": val})
+            # Batches are full but for the last (drop_last=False), so this counts the images.
+            images = min(batches * cfg.train.batch_size, len(self.train_set))
             result.history.append({
                 "round": ids.round, "epoch": e, "train_loss": train_loss, "val_loss": val,
-                "batches": batches,
+                "batches": batches, "images": images,
             })  # fmt: skip
+            log.info(
+                "client %d: round %d epoch %d done: train loss %.4f, val loss %.4f, %d images",
+                self.cid, ids.round, e, train_loss, val, images,
+            )  # fmt: skip
             if cfg.federation.select == "best" and val < best_loss:
                 best, best_loss, best_epoch = copy.deepcopy(self.model.state_dict()), val, e
         if best is not None:
@@ -265,7 +275,14 @@ class Client:
 
     # --- evaluation ----------------------------------------------------------------------
 
-    async def _evaluate(self, ids: Ids, dataset: Dataset, meter: SegmentationMeter | None):
+    async def _evaluate(
+        self,
+        ids: Ids,
+        dataset: Dataset,
+        meter: SegmentationMeter | None,
+        keep: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None] | None = None,
+    ) -> float:
+        """Mean Dice loss over ``dataset``; ``keep(x, y, logits)`` sees every batch."""
         # Grad mode is thread-global: never hold it across an await.
         self.model.eval()
         losses = []
@@ -284,6 +301,8 @@ class Client:
                 losses.append(float(soft_dice_loss(logits, y)))
             if meter is not None:
                 meter.update(logits, y)
+            if keep is not None:
+                keep(x, y, logits)
         self.model.train()
         return float(np.mean(losses))
 
@@ -291,8 +310,11 @@ class Client:
         """Mean Dice loss on the validation set, eval mode, real bitstreams."""
         return await self._evaluate(ids.at(phase=Phase.VAL), self.val_set, None)
 
-    async def test(self, result: ClientResult | None = None) -> dict[str, Any]:
-        """Test the best global model (as chosen by the federation server)."""
+    async def test(
+        self, result: ClientResult | None = None, examples: int = EXAMPLES
+    ) -> dict[str, Any]:
+        """Test the best global model (as chosen by the federation server); ``result`` also
+        gets the run's record and the first ``examples`` test images with their predictions."""
         ids = Ids(client=self.cid, phase=Phase.TEST)
         reply = await self._poll(self.federation, control_frame(ids, {"type": "best_global"}))
         best = control_of(reply[0], "best_global")
@@ -302,6 +324,16 @@ class Client:
         ids = ids.at(round=best["round"])
         await self._control(self.main, ids, {"type": "test_start"})
         await self.sync(ids)
-        meter = SegmentationMeter(self.model.back_end.head.out_channels)
-        loss = await self._evaluate(ids, self.test_set, meter)
+        classes = self.model.back_end.head.out_channels
+        meter, kept = SegmentationMeter(classes), []
+
+        def keep(x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor) -> None:
+            room = examples - sum(len(b[0]) for b in kept)
+            if room > 0:
+                kept.append((x[:room].cpu(), y[:room].cpu(), logits[:room].cpu()))
+
+        loss = await self._evaluate(ids, self.test_set, meter, keep)
+        if result is not None and kept:
+            x, y, logits = (torch.cat(parts) for parts in zip(*kept, strict=True))
+            result.examples = prediction_examples(x, y, logits, classes)
         return {"round": best["round"], "loss": loss, **meter.result()}
