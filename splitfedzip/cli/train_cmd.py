@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import sys
 from pathlib import Path
 
 from .options import add_overrides
@@ -46,16 +48,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     w.set_defaults(func=_sweep)
 
 
+def _log_to_stderr() -> None:
+    """The package's INFO lines (one per local epoch) on stderr; others' from WARNING."""
+    logging.basicConfig(
+        level=logging.WARNING, stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )  # fmt: skip
+    logging.getLogger("splitfedzip").setLevel(logging.INFO)
+
+
 def _train(args: argparse.Namespace) -> int:
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
     from ..config import load_config
     from ..experiments.train import run_embedded, write_outputs
 
     cfg = load_config(args.config, args.overrides)
-    result = run_embedded(cfg, progress=not args.no_progress)
+    _log_to_stderr()
+    with logging_redirect_tqdm():  # log lines go above the progress bars, not through them
+        result = run_embedded(cfg, progress=not args.no_progress)
     out = Path(args.out)
     write_outputs(cfg, result, out)
     print(json.dumps(result.summary, indent=2))
-    print(f"wrote {out}/{{config.yaml,metrics.csv,ledger.csv,summary.json,checkpoints/}}")
+    files = "config.yaml,metrics.csv,history.csv,ledger.csv,summary.json,predictions.npz"
+    print(f"wrote {out}/{{{files},checkpoints/}}")
     return 0
 
 
