@@ -65,7 +65,9 @@ def embedded_parties(cfg: Config, device: torch.device, progress: bool = False) 
     num_classes = cfg.model.num_classes or data.num_classes
     ledger = Ledger()
     main = MainServer(cfg, num_classes, device)
-    federation = FederationServer(cfg, num_classes, len(data.clients))
+    # The clients take turns in one event loop, each training its round while the others wait:
+    # a round deadline would drop the ones whose turn had not come (see FederationServer).
+    federation = FederationServer(cfg, num_classes, len(data.clients), deadlines=False)
     clients = [
         Client(
             cid, cfg, num_classes, cd.train, cd.val,

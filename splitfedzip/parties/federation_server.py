@@ -28,12 +28,22 @@ class FederationServer(Handler):
     submission, is dropped and the round is averaged over the others (weights renormalised).
     Requests that wait for a round answer ``wait`` after ``poll_seconds``, and the client asks
     again, so no single request outlives the transport's timeout.
+
+    ``deadlines=False`` arms no round deadline. That is for clients that take turns in this
+    server's event loop (the embedded runtime): there a client waiting for its turn could not
+    have answered yet, and one that fails ends the whole run rather than going silent.
     """
 
     def __init__(
-        self, cfg: Config, num_classes: int, num_clients: int, *, poll_seconds: float = 20.0
+        self,
+        cfg: Config,
+        num_classes: int,
+        num_clients: int,
+        *,
+        poll_seconds: float = 20.0,
+        deadlines: bool = True,
     ) -> None:
-        self.cfg, self.poll_seconds = cfg, poll_seconds
+        self.cfg, self.poll_seconds, self.deadlines = cfg, poll_seconds, deadlines
         init = ClientModel(cfg, num_classes, cfg.train.seed)
         self.globals: dict[int, dict[str, Tensor]] = {0: exchanged_state(init)}
         self.rounds = Rounds(num_clients)
@@ -129,7 +139,7 @@ class FederationServer(Handler):
             if not self.rounds.arrive(kind, r, client, value):
                 log.warning("client %d: %s for round %d arrived after it closed", client, kind, r)
                 return False
-            if (kind, r) not in self._timers:
+            if self.deadlines and (kind, r) not in self._timers:
                 self._timers[kind, r] = asyncio.create_task(self._deadline(kind, r))
             self._settle()
             return True
