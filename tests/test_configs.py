@@ -1,0 +1,52 @@
+"""The configs shipped with the package load, and the paper's set-ups say what the paper says."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import splitfedzip
+from splitfedzip.config import ConfigError, load_config
+
+CONFIGS = Path(splitfedzip.__file__).parent / "configs"
+# `splitfedzip reproduce` reads its own plan files, not run configs.
+RUN_CONFIGS = sorted(p for p in CONFIGS.glob("*.yaml") if not p.name.startswith("reproduce-"))
+
+
+def _load(path: Path, root: Path):
+    """Load ``path``, giving data.root when its data set needs a folder."""
+    try:
+        return load_config(path)
+    except ConfigError as e:
+        if "data.root" not in str(e):
+            raise
+        return load_config(path, [f"data.root={root}"])
+
+
+@pytest.mark.parametrize("path", RUN_CONFIGS, ids=[p.stem for p in RUN_CONFIGS])
+def test_every_shipped_config_loads(path: Path, tmp_path: Path) -> None:
+    cfg = _load(path, tmp_path)
+    assert cfg.data.dataset.startswith("synthetic") or cfg.data.root == str(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "name, dataset, counts, test",
+    [
+        ("paper-ham10000", "ham10000", [6325, 241, 71, 2359, 9], 1010),
+        ("paper-blastocyst", "blastocyst", [240, 120, 85, 179, 87], 70),
+    ],
+)
+def test_paper_configs(name: str, dataset: str, counts: list[int], test: int, tmp_path) -> None:
+    path = CONFIGS / f"{name}.yaml"
+    with pytest.raises(ConfigError, match="data.root"):
+        load_config(path)  # the data's folder is the user's to give
+    cfg = load_config(path, [f"data.root={tmp_path}"])
+    d, t, o = cfg.data, cfg.train, cfg.codec_options
+    assert (d.dataset, d.partition.kind, d.partition.counts, d.test_samples) == (
+        dataset, "counts", counts, test,
+    )  # fmt: skip
+    assert (d.image_size, d.val_fraction, cfg.model.base_width) == (256, 0.15, 32)
+    assert (t.rounds, t.local_epochs, t.batch_size, t.lr) == (10, 12, 1, 1e-4)
+    assert (o.latent_channels, o.lr, o.aux_lr) == (64, 1e-4, 1e-3)
+    assert (cfg.federation.variant, cfg.federation.select) == ("v1", "best")
