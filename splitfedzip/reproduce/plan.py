@@ -1,0 +1,240 @@
+"""The grid of runs of a reproduction: presets (YAML, typed here) and the runs they expand to."""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..config import CODECS, DATASETS, Config, ConfigError, apply_overrides, dump_config, from_dict
+
+#: Folder of the preset files ``reproduce-<name>.yaml``.
+PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"
+#: Keys the grid sets on every run; ``--set`` may not change them.
+GRID_KEYS = ("scheme", "codec", "lambda", "train.seed", "data.dataset")
+#: Schemes whose curves are drawn and compared (``nc`` is run once per seed, outside the grid).
+GRID_SCHEMES = ("f", "g", "fg")
+
+
+@dataclass(frozen=True)
+class FigureOptions:
+    """Which runs the per-run figures (Figs. 5/6, Table 2) are drawn from."""
+
+    #: Figs. 5/6 use the first of these variants that was run, at the λ nearest ``history_lambda``.
+    history_variants: tuple[str, ...] = ("fg-cheng2020-attn", "fg-ae")
+    history_lambda: float = 1.0
+    #: Table 2: predictions of this variant, at most ``example_lambdas`` λ spread over the grid.
+    example_variant: str = "fg-ae"
+    example_lambdas: int = 5
+    #: Table 2: test images shown (rows), the first ones of the first seed's test set.
+    examples: int = 2
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A reproduction's scale and grid: the base run config, datasets, schemes, codecs, λ, seeds."""
+
+    name: str
+    #: Base run configuration (``splitfedzip train``'s YAML keys) shared by every run.
+    run: Mapping[str, Any]
+    datasets: tuple[str, ...]
+    schemes: tuple[str, ...]
+    codecs: tuple[str, ...]
+    #: Codec -> its λ grid (each λ is run for each scheme and seed).
+    lambdas: Mapping[str, tuple[float, ...]]
+    seeds: int
+    figures: FigureOptions = field(default_factory=FigureOptions)
+
+    def __post_init__(self) -> None:
+        """Check the grid, so that a bad preset fails before any run starts."""
+        _need(bool(self.datasets), "datasets: give at least one")
+        _need(all(d in DATASETS for d in self.datasets), f"datasets: each one of {DATASETS}")
+        _need(bool(self.schemes), "schemes: give at least one")
+        _need(all(s in GRID_SCHEMES for s in self.schemes), f"schemes: each one of {GRID_SCHEMES}")
+        _need(all(c in CODECS for c in self.codecs), f"codecs: each one of {CODECS}")
+        for c in self.codecs:
+            lams = self.lambdas.get(c)
+            _need(bool(lams), f"lambdas: no grid for codec {c!r}")
+            _need(all(x > 0 and math.isfinite(x) for x in lams), f"lambdas.{c}: must be > 0")
+        _need(self.seeds >= 1, "seeds: must be >= 1")
+
+
+@dataclass(frozen=True)
+class Run:
+    """One training run of the grid and where it is written."""
+
+    dataset: str
+    #: ``nc``, or ``<scheme>-<codec>``.
+    variant: str
+    #: None for ``nc`` (no rate term, λ plays no part).
+    lmbda: float | None
+    seed: int
+    config: Config
+
+    @property
+    def path(self) -> Path:
+        """Folder relative to the reproduction's output folder."""
+        parts = [self.dataset, self.variant]
+        if self.lmbda is not None:
+            parts.append(f"lambda-{self.lmbda:g}")
+        return Path(*parts, f"seed-{self.seed}")
+
+    @property
+    def name(self) -> str:
+        """The folder as a readable name, for progress lines."""
+        return self.path.as_posix()
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Every run of a reproduction, in queue order, with what it was made from."""
+
+    preset: Preset
+    #: Dataset (folder name) -> its base run configuration (before the grid's keys).
+    bases: Mapping[str, Config]
+    runs: tuple[Run, ...]
+    seeds: int
+
+    def base_yaml(self, dataset: str) -> str:
+        """A dataset's base run configuration as YAML (scheme, codec, λ and seed vary)."""
+        return dump_config(self.bases[dataset])
+
+
+def _need(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"reproduce preset: {message}")
+
+
+def load_preset(name_or_path: str | Path) -> Preset:
+    """A preset by name (``quick``, ``full``: ``configs/reproduce-<name>.yaml``) or YAML path."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = PRESET_DIR / f"reproduce-{name_or_path}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"reproduce preset not found: {path}")
+    return preset_from_dict(yaml.safe_load(path.read_text()) or {}, default_name=path.stem)
+
+
+def preset_from_dict(raw: Mapping[str, Any], default_name: str = "custom") -> Preset:
+    """Build a :class:`Preset` from a preset file's mapping."""
+    _need(isinstance(raw, Mapping), "the top level must be a mapping")
+    keys = {"name", "run", "datasets", "schemes", "codecs", "lambdas", "seeds", "figures"}
+    unknown = set(raw) - keys
+    _need(not unknown, f"unknown keys {sorted(unknown)} (known: {sorted(keys)})")
+    figures = dict(raw.get("figures") or {})
+    if "history_variants" in figures:
+        figures["history_variants"] = tuple(figures["history_variants"])
+    try:
+        options = FigureOptions(**figures)
+    except TypeError as e:
+        raise ConfigError(f"reproduce preset: figures: {e}") from e
+    lambdas = {c: tuple(float(x) for x in v) for c, v in (raw.get("lambdas") or {}).items()}
+    return Preset(
+        name=str(raw.get("name", default_name)),
+        run=dict(raw.get("run") or {}),
+        datasets=tuple(raw.get("datasets") or ()),
+        schemes=tuple(raw.get("schemes") or ()),
+        codecs=tuple(raw.get("codecs") or ()),
+        lambdas=lambdas,
+        seeds=int(raw.get("seeds", 1)),
+        figures=options,
+    )
+
+
+def merge(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    """Deep merge of two config mappings; ``top`` wins."""
+    out = copy.deepcopy(dict(base))
+    for key, value in top.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def make_plan(
+    preset: Preset,
+    datasets: Sequence[str] | None = None,
+    config: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    seeds: int | None = None,
+) -> Plan:
+    """Expand a preset into runs.
+
+    Each run's config is the preset's ``run``, then ``config`` (a YAML file, whose dataset
+    replaces the preset's list), then ``overrides`` (``--set``), then the grid's keys.
+    """
+    for item in overrides:
+        key = item.split("=", 1)[0].strip()
+        if key in GRID_KEYS:
+            raise ConfigError(
+                f"--set {key}: the grid sets it; use the preset, --dataset or --seeds"
+            )
+    raw = dict(preset.run)
+    if config is not None:
+        raw = merge(raw, _read_yaml(Path(config)))
+        datasets = [str(raw.get("data", {}).get("dataset", "synthetic-lesion"))]
+    bases = {
+        d: from_dict(apply_overrides(merge(raw, {"data": {"dataset": d}}), list(overrides)))
+        for d in (datasets or preset.datasets)
+    }
+    count = preset.seeds if seeds is None else seeds
+    if count < 1:
+        raise ConfigError(f"--seeds: must be >= 1, got {count}")
+    runs = []
+    # Seed-major order: after the first seed every curve has a point per λ.
+    for seed in range(count):
+        for dataset, base in bases.items():
+            runs.append(_run(base, dataset, "nc", None, None, seed))
+            for scheme in preset.schemes:
+                for codec in preset.codecs:
+                    for lam in preset.lambdas[codec]:
+                        runs.append(_run(base, dataset, scheme, codec, lam, seed))
+    _check_shapes(bases, preset.codecs)
+    return Plan(preset, bases, tuple(runs), count)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    return raw
+
+
+def _run(base: Config, dataset: str, scheme: str, codec: str | None, lam: float | None, seed: int):
+    """One run: the base config with the grid's keys set."""
+    raw = base.to_dict()
+    raw["scheme"] = scheme
+    if codec is not None:
+        raw["codec"] = codec
+    if lam is not None:
+        raw["lambda"] = lam
+    raw["train"]["seed"] = seed
+    variant = "nc" if codec is None else f"{scheme}-{codec}"
+    return Run(dataset, variant, lam, seed, from_dict(raw))
+
+
+def _check_shapes(bases: Mapping[str, Config], codecs: Sequence[str]) -> None:
+    """Every codec must take the split tensors (image_size / 2), checked before any run."""
+    from ..codecs import make_codec
+    from ..models import split_channels
+
+    for dataset, cfg in bases.items():
+        side = cfg.data.image_size // 2  # S1 and S2 are at half the input resolution
+        channels = split_channels(cfg.model.base_width)
+        for name in codecs:
+            codec = make_codec(name, channels, latent_channels=cfg.codec_options.latent_channels)
+            try:
+                codec.check_shape((1, channels, side, side))
+            except ValueError as e:
+                raise ConfigError(
+                    f"{dataset}: data.image_size={cfg.data.image_size} gives {side}x{side} split "
+                    f"tensors: {e}"
+                ) from e
