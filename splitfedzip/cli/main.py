@@ -9,10 +9,10 @@ from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 
 from ..config import ConfigError
-from . import bench_cmd, inspect_cmd, serve_cmd, train_cmd
+from . import bench_cmd, inspect_cmd, reproduce_cmd, serve_cmd, train_cmd
 
 # Each module exposes ``register(subparsers)``, which adds its parser and sets ``func``.
-COMMANDS = (inspect_cmd, train_cmd, serve_cmd, bench_cmd)
+COMMANDS = (inspect_cmd, train_cmd, serve_cmd, bench_cmd, reproduce_cmd)
 # Errors caused by what the user gave us: a message and exit status 2, no traceback.
 # (CodecError, like ConfigError, is a ValueError; importing it here would load torch for --help.)
 USER_ERRORS = (ConfigError, FileNotFoundError, ValueError)
