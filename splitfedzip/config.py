@@ -58,11 +58,31 @@ class ModelConfig:
 
 @dataclass
 class CodecConfig:
-    """Learned codec options shared by every crossing."""
+    """Learned codec options shared by every crossing (see docs/codecs.md, "Training").
+
+    The defaults are the paper's: Adam at ``lr`` on every weight, a fresh snapshot only at round
+    starts. The other options speed codec training up within a short run; each is a departure
+    from the paper that is off by default.
+    """
 
     latent_channels: int = 64
-    aux_lr: float = 1e-3
     lr: float = 1e-4
+    aux_lr: float = 1e-3
+    #: Learning rate of the entropy models' density parameters; None: the same as ``lr``.
+    entropy_lr: float | None = None
+    #: Initial width of the factorized priors' densities (CompressAI's ``init_scale``).
+    init_scale: float = 10.0
+    #: Clip the codec's gradient to this norm before each step (CompressAI trains with 1.0).
+    clip_norm: float | None = None
+    #: Extra rate-distortion steps per training batch on the tensor the sender already holds.
+    local_steps: int = 0
+    #: Rate-distortion steps on the first training batch of round 0, before it is coded.
+    warmup_steps: int = 0
+    #: Publish a fresh snapshot before every N-th training batch's tensor (0: at round starts).
+    sync_every: int = 0
+    #: Normalise features by their RMS before coding, as gradients are, so that distortion is
+    #: relative to the features' scale.
+    normalize_features: bool = False
 
 
 @dataclass
@@ -80,11 +100,10 @@ class TrainConfig:
 
 @dataclass
 class FederationConfig:
-    """SplitFed variant, checkpoint selection, codec synchronisation and round deadlines."""
+    """SplitFed variant, checkpoint selection and round deadlines."""
 
     variant: Literal["v1", "v2"] = "v1"
     select: Literal["best", "last"] = "best"
-    codec_sync_every: int = 0
     #: Seconds after a round's first submission (or validation report) after which the clients
     #: still missing are dropped from that round and it completes with the others.
     round_timeout: float = 900.0
@@ -237,9 +256,15 @@ def _validate(cfg: Config) -> Config:
         t.device in ("auto", "cpu", "cuda") or t.device.startswith("cuda:"),
         f"train.device: {t.device!r}",
     )
-    need(cfg.federation.codec_sync_every >= 0, "federation.codec_sync_every: must be >= 0")
     need(cfg.federation.round_timeout > 0, "federation.round_timeout: must be > 0 seconds")
-    need(cfg.codec_options.latent_channels >= 1, "codec_options.latent_channels: must be >= 1")
+    o = cfg.codec_options
+    need(o.latent_channels >= 1, "codec_options.latent_channels: must be >= 1")
+    need(o.lr > 0 and o.aux_lr > 0, "codec_options.lr and aux_lr: must be > 0")
+    need(o.entropy_lr is None or o.entropy_lr > 0, "codec_options.entropy_lr: must be > 0")
+    need(o.init_scale > 0, f"codec_options.init_scale: must be > 0, got {o.init_scale}")
+    need(o.clip_norm is None or o.clip_norm > 0, "codec_options.clip_norm: must be > 0")
+    for key in ("local_steps", "warmup_steps", "sync_every"):
+        need(getattr(o, key) >= 0, f"codec_options.{key}: must be >= 0, got {getattr(o, key)}")
     return cfg
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from splitfedzip.cli.main import main as cli
-from splitfedzip.config import ConfigError, load_config
+from splitfedzip.config import CodecConfig, ConfigError, load_config
 from splitfedzip.experiments.train import covered_seconds, run_embedded
 from splitfedzip.metrics.summary import payload_bytes
 from splitfedzip.parties.crossing import SyncError
@@ -115,12 +115,22 @@ def test_partial_schemes_compress_only_their_crossings(scheme):
     assert est == {(compressed, False), (raw, True)}
 
 
-def test_codec_sync_every_batch_is_counted():
-    res = run_embedded(tiny("scheme=fg", "federation.codec_sync_every=1"))
-    syncs = [r for r in res.ledger.rows if r.kind == "codec_sync" and r.phase == "train"]
+def test_codec_syncs_within_an_epoch_are_counted():
+    res = run_embedded(tiny("scheme=fg", "codec_options.sync_every=1"))
+    mid = {
+        (r.split, r.direction)
+        for r in res.ledger.rows
+        if r.kind == "codec_sync" and r.phase == "train" and r.batch > 0
+    }
+    # All four crossings publish ahead of their tensors, both ways, and every tensor decoded.
+    assert mid == {
+        ("s1", "client->main"), ("s2", "client->main"), ("s1", "main->client"),
+        ("s2", "main->client"),
+    }  # fmt: skip
     base = run_embedded(tiny("scheme=fg"))
-    base_syncs = [r for r in base.ledger.rows if r.kind == "codec_sync" and r.phase == "train"]
-    assert len(syncs) > len(base_syncs)
+    assert not [
+        r for r in base.ledger.rows if r.kind == "codec_sync" and r.phase == "train" and r.batch
+    ]
 
 
 def test_stale_codec_version_is_refused(fg_run):
@@ -129,7 +139,7 @@ def test_stale_codec_version_is_refused(fg_run):
     from splitfedzip.parties.messages import Ids, tensor_frame
     from splitfedzip.wire import Split, decode_frame
 
-    sender = CodecSender(make_codec("ae", 4, latent_channels=8), 1.0, 1e-3, 1e-3)
+    sender = CodecSender(make_codec("ae", 4, latent_channels=8), 1.0, CodecConfig())
     rx = CodecReceiver(make_codec("ae", 4, latent_channels=8), torch.device("cpu"))
     version, state = sender.publish()
     rx.sync(version, state)

@@ -102,8 +102,9 @@ class Codec(nn.Module):
         if missing:
             raise CodecError(f"codec {self.name!r}: decoder state lacks keys: {missing[:5]}")
         # Entropy-coder tables are buffers whose size depends on the weights; resize them first.
+        own = self.state_dict(keep_vars=True)  # built once: it walks every submodule
         for key, value in state.items():
-            current = self.state_dict(keep_vars=True)[key]
+            current = own[key]
             if current.shape != value.shape and not isinstance(current, nn.Parameter):
                 current.resize_(value.shape)
         full = self.state_dict()

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from compressai.ans import BufferedRansEncoder, RansDecoder
+from compressai.entropy_models import EntropyBottleneck
 from compressai.layers import ResidualBlockWithStride, subpel_conv3x3
 from compressai.models import Cheng2020Attention
 from compressai.models.base import get_scale_table
 from torch import Tensor, nn
 
 from .base import Codec, CodecOutput
-from .streams import pack_streams, unpack_streams
+from .streams import SymbolReader, SymbolWriter, bottleneck_medians, tables
 
 _KERNEL = 5  # context model (masked conv) kernel
 _PAD = (_KERNEL - 1) // 2
@@ -37,12 +37,14 @@ class Cheng2020AttentionCodec(Codec):
         "net.gaussian_conditional.",
     )
 
-    def __init__(self, channels: int, latent_channels: int = 64) -> None:
+    def __init__(self, channels: int, latent_channels: int = 64, init_scale: float = 10.0) -> None:
         super().__init__()
         n = latent_channels
         self.net = Cheng2020Attention(N=n)
         self.net.g_a[0] = ResidualBlockWithStride(channels, n, stride=2)
         self.net.g_s[-1] = subpel_conv3x3(n, channels, 2)
+        # The hyper-latent's factorized prior; its initialisation draws no random numbers.
+        self.net.entropy_bottleneck = EntropyBottleneck(n, init_scale=init_scale)
 
     def forward(self, x: Tensor) -> CodecOutput:
         """Training: CompressAI's parallel noisy forward. Eval: the exact raster scan."""
@@ -111,66 +113,42 @@ class Cheng2020AttentionCodec(Codec):
         super().load_decoder_state(state)
         self.net.gaussian_conditional.update_scale_table(get_scale_table(), force=True)
 
-    def _tables(self) -> tuple[list, list, list]:
-        gc = self.net.gaussian_conditional
-        return gc.quantized_cdf.tolist(), gc.cdf_length.tolist(), gc.offset.tolist()
-
     @torch.no_grad()
     def encode(self, x: Tensor) -> tuple[bytes, float]:
-        """Per batch element: the hyper-latent stream, then the latent stream; and the estimate."""
+        """One stream: hyper-latents, then latents position by position; and the estimate."""
         self.check_shape(x.shape)
         net = self.net
+        eb, gc = net.entropy_bottleneck, net.gaussian_conditional
         y = net.g_a(x)
         z = net.h_a(y)
-        _, z_lik = net.entropy_bottleneck(z, training=False)
-        z_strings = net.entropy_bottleneck.compress(z)
-        z_hat = net.entropy_bottleneck.decompress(z_strings, z.shape[-2:])
-        b = x.shape[0]
-        symbols: list[list[int]] = [[] for _ in range(b)]
-        indexes: list[list[int]] = [[] for _ in range(b)]
+        _, z_lik = eb(z, training=False)
+        writer = SymbolWriter()
+        writer.write_bottleneck(eb, z)
+        z_hat = eb.quantize(z, "dequantize", bottleneck_medians(eb, z.shape))  # as decoded
+        gaussian = tables(gc)
 
         def step(i: int, j: int, s: Tensor, q: Tensor) -> None:
-            idx = net.gaussian_conditional.build_indexes(s)
-            for k in range(b):
-                symbols[k] += q[k].int().tolist()
-                indexes[k] += idx[k].tolist()
+            writer.write(q, gc.build_indexes(s), gaussian)
 
-        y_hat, scales, means = self._scan(y, net.h_s(z_hat.to(y.device)), step)
-        gc = net.gaussian_conditional
+        y_hat, scales, means = self._scan(y, net.h_s(z_hat), step)
         y_lik = gc.likelihood_lower_bound(gc._likelihood(y_hat, scales, means))
         est = float(torch.log2(y_lik).sum().neg() + torch.log2(z_lik).sum().neg())
-        # One entropy-coder call per element: handing over the CDF tables is the costly part.
-        cdf, lengths, offsets = self._tables()
-        streams = []
-        for k in range(b):
-            enc = BufferedRansEncoder()
-            enc.encode_with_indexes(symbols[k], indexes[k], cdf, lengths, offsets)
-            streams += [z_strings[k], enc.flush()]
-        return pack_streams(streams), est
+        return writer.flush(), est
 
     @torch.no_grad()
     def decompress(self, data: bytes, shape: tuple[int, ...]) -> Tensor:
         """Decode the hyper-latent, then the latent position by position, then synthesise."""
         self.check_shape(shape)
         net = self.net
+        eb, gc = net.entropy_bottleneck, net.gaussian_conditional
         b, _, h, w = shape
-        streams = unpack_streams(data, 2 * b, self.name)
         device = next(self.parameters()).device
-        z_hat = net.entropy_bottleneck.decompress(streams[0::2], (h // 64, w // 64)).to(device)
-        cdf, lengths, offsets = self._tables()
-        decoders = []
-        for ys in streams[1::2]:
-            dec = RansDecoder()
-            dec.set_stream(ys)
-            decoders.append(dec)
+        reader = SymbolReader(data, self.name)
+        z_hat = reader.read_bottleneck(eb, (b, eb.channels, h // 64, w // 64)).to(device)
+        gaussian = tables(gc)
 
         def step(i: int, j: int, s: Tensor, _: None) -> Tensor:
-            idx = net.gaussian_conditional.build_indexes(s)
-            rows = [
-                dec.decode_stream(idx[k].tolist(), cdf, lengths, offsets)
-                for k, dec in enumerate(decoders)
-            ]
-            return torch.tensor(rows, dtype=s.dtype, device=s.device)
+            return reader.read(gc.build_indexes(s), gaussian).to(s.device, s.dtype)
 
         y_hat, _, _ = self._scan(None, net.h_s(z_hat), step)
         return net.g_s(y_hat)

@@ -9,7 +9,7 @@ from compressai.models.utils import conv, deconv
 from torch import Tensor, nn
 
 from .base import Codec, CodecOutput
-from .streams import pack_streams, unpack_streams
+from .streams import SymbolReader, SymbolWriter
 
 
 def analysis(channels: int, latent: int) -> nn.Sequential:
@@ -41,11 +41,11 @@ class FactorizedPriorCodec(Codec):
     alignment = 8
     decoder_prefixes = ("g_s.", "entropy_bottleneck.")
 
-    def __init__(self, channels: int, latent_channels: int = 64) -> None:
+    def __init__(self, channels: int, latent_channels: int = 64, init_scale: float = 10.0) -> None:
         super().__init__()
         self.g_a = analysis(channels, latent_channels)
         self.g_s = synthesis(latent_channels, channels)
-        self.entropy_bottleneck = EntropyBottleneck(latent_channels)
+        self.entropy_bottleneck = EntropyBottleneck(latent_channels, init_scale=init_scale)
 
     def forward(self, x: Tensor) -> CodecOutput:
         """Noisy (train) or rounded (eval) reconstruction with the latent's likelihoods."""
@@ -64,18 +64,20 @@ class FactorizedPriorCodec(Codec):
 
     @torch.no_grad()
     def encode(self, x: Tensor) -> tuple[bytes, float]:
-        """One rANS stream per batch element, and the likelihood estimate of its size."""
+        """One rANS stream for the whole batch, and the likelihood estimate of its size."""
         self.check_shape(x.shape)
         y = self.g_a(x)
         _, lik = self.entropy_bottleneck(y, training=False)
         est = float(torch.log2(lik).sum().neg())
-        return pack_streams(self.entropy_bottleneck.compress(y)), est
+        writer = SymbolWriter()
+        writer.write_bottleneck(self.entropy_bottleneck, y)
+        return writer.flush(), est
 
     @torch.no_grad()
     def decompress(self, data: bytes, shape: tuple[int, ...]) -> Tensor:
-        """Decode the streams, then run the synthesis transform."""
+        """Decode the latent, then run the synthesis transform."""
         self.check_shape(shape)
         b, _, h, w = shape
-        strings = unpack_streams(data, b, self.name)
-        y_hat = self.entropy_bottleneck.decompress(strings, (h // 8, w // 8))
+        eb = self.entropy_bottleneck
+        y_hat = SymbolReader(data, self.name).read_bottleneck(eb, (b, eb.channels, h // 8, w // 8))
         return self.g_s(y_hat.to(next(self.parameters()).device))

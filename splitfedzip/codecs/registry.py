@@ -21,12 +21,24 @@ CODEC_NAMES = tuple(_CLASSES)
 
 
 def make_codec(
-    name: str, channels: int, *, latent_channels: int = 64, normalize: bool = False
+    name: str,
+    channels: int,
+    *,
+    latent_channels: int = 64,
+    normalize: bool = False,
+    init_scale: float = 10.0,
 ) -> Codec:
-    """Build a codec by name for tensors with ``channels`` channels."""
+    """Build a codec by name for tensors with ``channels`` channels.
+
+    ``init_scale`` is the initial width of the factorized prior's density (CompressAI's default
+    is 10); latents much narrower than that cost bits until the density has learned their scale.
+    """
     if name not in _CLASSES:
         raise CodecError(f"unknown codec {name!r}; known: {', '.join(CODEC_NAMES)}")
-    codec = RawCodec() if name == "none" else _CLASSES[name](channels, latent_channels)
+    if name == "none":
+        codec: Codec = RawCodec()
+    else:
+        codec = _CLASSES[name](channels, latent_channels, init_scale=init_scale)
     return NormalizedCodec(codec) if normalize and codec.learned else codec
 
 

@@ -28,9 +28,10 @@ from .messages import (
     control_of,
     expect,
     frames,
+    receive,
     state_of,
     sync_frame,
-    tensor_frame,
+    tensor_message,
     weights_frame,
 )
 from .models import SCHEMES, ClientModel, crossing_codec, exchanged_state
@@ -79,8 +80,8 @@ class Client:
         self.model = ClientModel(cfg, num_classes).to(device)
         self.compressed = any(SCHEMES[cfg.scheme])
         opts = cfg.codec_options
-        self.s1f = CodecSender(self.model.s1_feature, cfg.lmbda, opts.lr, opts.aux_lr)
-        self.s2g = CodecSender(self.model.s2_gradient, cfg.lmbda, opts.lr, opts.aux_lr)
+        self.s1f = CodecSender(self.model.s1_feature, cfg.lmbda, opts)
+        self.s2g = CodecSender(self.model.s2_gradient, cfg.lmbda, opts)
         self.rx_s2f = CodecReceiver(crossing_codec(cfg, "feature"), device)
         self.rx_s1g = CodecReceiver(crossing_codec(cfg, "gradient"), device)
         self.rng = RngScope(cfg.train.seed * 1000 + 17 + cid)
@@ -224,9 +225,6 @@ class Client:
         for b, (x, y) in enumerate(loader):
             if b >= limit:
                 break
-            every = cfg.federation.codec_sync_every
-            if every and b and b % every == 0:
-                await self.sync(ids.at(batch=b))
             losses.append(await self.train_batch(ids.at(batch=b), x, y))
             bar.update()
         bar.close()
@@ -238,12 +236,11 @@ class Client:
         pixels = x.shape[0] * x.shape[2] * x.shape[3]
         with self.rng.active(), torch.enable_grad():
             s1, skip = self.model.front_end(x)
+            self.s1f.warm_up(s1, pixels)
             out1 = self.s1f.forward(s1)
             enc = self.s1f.encode(s1)
-        reply = await self.main.request(
-            tensor_frame(ids, Kind.FEATURE, Split.S1, s1.shape, enc), {0: enc.est_bits}
-        )
-        s2 = self.rx_s2f.decode(expect(frames(reply)[0], Kind.FEATURE, "S2 features"))
+        reply = await self.main.request(*tensor_message(ids, Kind.FEATURE, Split.S1, s1.shape, enc))
+        s2 = receive(self.rx_s2f, frames(reply), Kind.FEATURE, "S2 features")
         with self.rng.active(), torch.enable_grad():
             s2.requires_grad_(True)
             skip_leaf = skip.detach().requires_grad_(True)
@@ -251,12 +248,13 @@ class Client:
             # Eq. (1)-(3): λ weighs the task term whenever something is compressed.
             ((self.cfg.lmbda if self.compressed else 1.0) * dice).backward()
             g2 = s2.grad.detach()
+            self.s2g.warm_up(g2, pixels)
             out_g2 = self.s2g.forward(g2)
             enc = self.s2g.encode(g2)
         reply = await self.main.request(
-            tensor_frame(ids, Kind.GRADIENT, Split.S2, g2.shape, enc), {0: enc.est_bits}
+            *tensor_message(ids, Kind.GRADIENT, Split.S2, g2.shape, enc)
         )
-        g1 = self.rx_s1g.decode(expect(frames(reply)[0], Kind.GRADIENT, "S1 gradient"))
+        g1 = receive(self.rx_s1g, frames(reply), Kind.GRADIENT, "S1 gradient")
         with self.rng.active(), torch.enable_grad():
             # The decoded S1 gradient enters through the live codec's reconstruction; the skip
             # connection's gradient is local. Codec losses add their rate and distortion terms.
@@ -269,8 +267,8 @@ class Client:
             torch.autograd.backward(tensors, grads)
             self.opt.step()
             self.opt.zero_grad(set_to_none=True)
-            self.s1f.step()
-            self.s2g.step()
+            self.s1f.step(s1, pixels)
+            self.s2g.step(g2, pixels)
         return float(dice.detach())
 
     # --- evaluation ----------------------------------------------------------------------
@@ -290,12 +288,11 @@ class Client:
             x, y = x.to(self.device), y.to(self.device)
             with torch.no_grad():
                 s1, skip = self.model.front_end(x)
-                enc = self.s1f.encode(s1)
+                enc = self.s1f.encode(s1, training=False)
             bids = ids.at(batch=b)
-            reply = await self.main.request(
-                tensor_frame(bids, Kind.FEATURE, Split.S1, s1.shape, enc), {0: enc.est_bits}
-            )
-            s2 = self.rx_s2f.decode(expect(frames(reply)[0], Kind.FEATURE, "S2 features"))
+            message = tensor_message(bids, Kind.FEATURE, Split.S1, s1.shape, enc)
+            reply = await self.main.request(*message)
+            s2 = receive(self.rx_s2f, frames(reply), Kind.FEATURE, "S2 features")
             with torch.no_grad():
                 logits = self.model.back_end(s2, skip)
                 losses.append(float(soft_dice_loss(logits, y)))

@@ -4,9 +4,10 @@ Entropy decoding only works if the receiver holds bit-identical copies of every 
 probability tables depend on. So the sender owns and trains the live codec, and *publishes*
 snapshots: a frozen copy whose entropy tables are rebuilt, sent to the receiver as a codec
 sync. The sender codes with the snapshot it last sent to that receiver, and each frame names
-the snapshot's version, so every bitstream decodes exactly. The task gradient that comes back
-for a decoded tensor is applied to the live codec's differentiable reconstruction (see
-docs/protocol.md).
+the snapshot's version, so every bitstream decodes exactly. A snapshot travels either in a
+round's sync exchange or just ahead of the tensor frame it was published for (the sync policy,
+:meth:`CodecSender.encode`). The task gradient that comes back for a decoded tensor is applied
+to the live codec's differentiable reconstruction (see docs/protocol.md).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 from torch import Tensor
 
 from ..codecs import Codec, CodecOutput, codec_id, codec_label
+from ..config import CodecConfig
 from ..wire import Frame, pack_state, unpack_state
 
 
@@ -27,23 +29,33 @@ class SyncError(RuntimeError):
 
 @dataclass
 class Encoded:
-    """A coded tensor: the bitstream, its codec id and version, and the size estimate."""
+    """A coded tensor: the bitstream, its codec id and version, and the size estimate.
+
+    ``sync`` is the decoder state of snapshot ``version`` when it was published for this
+    tensor: it crosses in a codec-sync frame just ahead of the tensor frame.
+    """
 
     payload: bytes
     codec: int
     version: int
     est_bits: float | None
+    sync: bytes | None = None
 
 
 class CodecSender:
     """Owns, trains and publishes the codec of one crossing."""
 
-    def __init__(self, codec: Codec, lmbda: float, lr: float, aux_lr: float) -> None:
+    def __init__(self, codec: Codec, lmbda: float, opts: CodecConfig) -> None:
         self.live = codec
         self.lmbda = lmbda
-        self.lr, self.aux_lr = lr, aux_lr
+        self.opts = opts
         self.version = 0
         self._snapshots: dict[int, tuple[int, Codec]] = {}
+        #: receiver -> optimiser steps of the live codec since its snapshot was taken
+        self._stale: dict[int, int] = {}
+        #: receivers whose next tensor must carry a fresh snapshot (after the warm-up)
+        self._forced: set[int] = set()
+        self._warm = opts.warmup_steps == 0
         self.reset_optimizers()
 
     @property
@@ -52,14 +64,22 @@ class CodecSender:
         return self.live.learned
 
     def reset_optimizers(self) -> None:
-        """Fresh Adam states (each federated round starts from averaged weights)."""
+        """Fresh Adam states (each federated round starts from averaged weights).
+
+        Three groups: the transforms at ``lr``, the entropy models' densities at ``entropy_lr``
+        and, in the auxiliary optimiser, the bottlenecks' quantiles at ``aux_lr``.
+        """
         if not self.learned:
             self.opt = self.aux_opt = None
             return
-        main = [p for n, p in self.live.named_parameters() if not n.endswith("quantiles")]
-        aux = [p for n, p in self.live.named_parameters() if n.endswith("quantiles")]
-        self.opt = torch.optim.Adam(main, lr=self.lr)
-        self.aux_opt = torch.optim.Adam(aux, lr=self.aux_lr)
+        o = self.opts
+        named = list(self.live.named_parameters())
+        aux = [p for n, p in named if n.endswith("quantiles")]
+        density = [p for n, p in named if "entropy_bottleneck" in n and not n.endswith("quantiles")]
+        rest = [p for n, p in named if "entropy_bottleneck" not in n]
+        groups = [{"params": rest, "lr": o.lr}, {"params": density, "lr": o.entropy_lr or o.lr}]
+        self.opt = torch.optim.Adam([g for g in groups if g["params"]])
+        self.aux_opt = torch.optim.Adam(aux, lr=o.aux_lr)
 
     def publish(self, receiver: int = 0) -> tuple[int, bytes] | None:
         """Freeze a snapshot for ``receiver``; returns (version, decoder state) to send."""
@@ -69,6 +89,8 @@ class CodecSender:
         snap.update()
         self.version += 1
         self._snapshots[receiver] = (self.version, snap)
+        self._stale[receiver] = 0
+        self._forced.discard(receiver)
         return self.version, pack_state(snap.decoder_state())
 
     def forward(self, x: Tensor) -> CodecOutput:
@@ -81,28 +103,70 @@ class CodecSender:
             return None
         return out.bits() / pixels + self.lmbda * out.mse
 
+    def warm_up(self, x: Tensor, pixels: int) -> None:
+        """Once per sender: ``warmup_steps`` rate-distortion steps on the first tensor it sees."""
+        if self._warm or not self.learned:
+            return
+        self._warm = True
+        for _ in range(self.opts.warmup_steps):
+            self._rd_step(x, pixels)
+        # Code this very tensor with the warmed-up codec, not with the initial one.
+        self._forced = set(self._snapshots)
+
+    def _due(self, receiver: int, training: bool) -> bool:
+        """The sync policy: must a fresh snapshot precede the next tensor for ``receiver``?
+
+        Before evaluation, whenever the live codec moved since the snapshot (so that validation
+        scores the codec that would be submitted); in training, every ``sync_every`` steps.
+        """
+        stale = self._stale.get(receiver, 0)
+        if receiver in self._forced:
+            return True
+        if not training:
+            return stale > 0
+        return self.opts.sync_every > 0 and stale >= self.opts.sync_every
+
     @torch.no_grad()
-    def encode(self, x: Tensor, receiver: int = 0) -> Encoded:
-        """Code ``x`` with the snapshot last published to ``receiver``."""
+    def encode(self, x: Tensor, receiver: int = 0, training: bool = True) -> Encoded:
+        """Code ``x`` with ``receiver``'s snapshot, publishing a fresh one first when due."""
         if not self.learned:
             payload, est = self.live.encode(x)
             return Encoded(payload, codec_id(self.live), 0, est)
         if receiver not in self._snapshots:
             raise SyncError(f"codec {self.live.name!r}: nothing published to receiver {receiver}")
+        sync = None
+        if self._due(receiver, training):
+            sync = self.publish(receiver)[1]
         version, snap = self._snapshots[receiver]
         payload, est = snap.encode(x.detach())
-        return Encoded(payload, codec_id(snap), version, est)
+        return Encoded(payload, codec_id(snap), version, est, sync)
 
-    def step(self) -> None:
-        """Apply the accumulated gradients, then one auxiliary (quantile) step."""
+    def step(self, x: Tensor | None = None, pixels: int = 0) -> None:
+        """Apply the accumulated gradients; then ``local_steps`` rate-distortion steps on ``x``."""
         if not self.learned:
             return
+        self._apply()
+        if x is not None:
+            for _ in range(self.opts.local_steps):
+                self._rd_step(x, pixels)
+
+    def _rd_step(self, x: Tensor, pixels: int) -> None:
+        """One step of rate + λ·MSE on a tensor the sender holds: compute only, no traffic."""
+        with torch.enable_grad():
+            self.loss(self.live(x.detach()), pixels).backward()
+        self._apply()
+
+    def _apply(self) -> None:
+        if self.opts.clip_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self.live.parameters(), self.opts.clip_norm)
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         self.aux_opt.zero_grad(set_to_none=True)
         self.live.aux_loss().backward()
         self.aux_opt.step()
         self.aux_opt.zero_grad(set_to_none=True)
+        for r in self._stale:
+            self._stale[r] += 1
 
 
 class CodecReceiver:

@@ -22,8 +22,9 @@ from .messages import (
     control_of,
     expect,
     frames,
+    receive,
     sync_frame,
-    tensor_frame,
+    tensor_message,
 )
 from .models import ServerModel, crossing_codec, exchanged_state
 from .rng import RngScope
@@ -48,7 +49,8 @@ class Peer:
     rx_s2g: CodecReceiver
     rng: RngScope
     train_samples: int = 0
-    pending: tuple[Tensor, object, int] | None = None
+    #: The training batch awaiting its gradient: (S1 leaf, S2, S2 codec output, input pixels).
+    pending: tuple[Tensor, Tensor, object, int] | None = None
     best: tuple[int, float, dict[str, Tensor]] | None = None
 
 
@@ -78,8 +80,8 @@ class MainServer(Handler):
         model = copy.deepcopy(self._template)
         return Replica(
             model,
-            CodecSender(model.s2_feature, cfg.lmbda, opts.lr, opts.aux_lr),
-            CodecSender(model.s1_gradient, cfg.lmbda, opts.lr, opts.aux_lr),
+            CodecSender(model.s2_feature, cfg.lmbda, opts),
+            CodecSender(model.s1_gradient, cfg.lmbda, opts),
             torch.optim.Adam(model.server.parameters(), lr=cfg.train.lr),
         )
 
@@ -92,18 +94,19 @@ class MainServer(Handler):
         """Answer one message from ``client``."""
         msgs = frames(request)
         head = msgs[0]
-        kind = head.header.kind
         if head.header.client != client:
             raise ProtocolError(f"frame names client {head.header.client}, sender is {client}")
-        if kind == Kind.CONTROL:
+        if head.header.kind == Kind.CONTROL:
             return self._control(control_of(head), head, msgs[1:], client)
-        if kind == Kind.FEATURE and head.header.phase == Phase.TRAIN:
-            return self._forward_train(self._peer(client), head)
-        if kind == Kind.FEATURE:
-            return self._forward_eval(self._peer(client), head)
-        if kind == Kind.GRADIENT:
-            return self._backward(self._peer(client), head)
-        raise ProtocolError(f"main server does not accept {kind.label} frames here")
+        # A tensor message: the tensor frame last, a codec sync ahead of it when one was due.
+        tensor = msgs[-1].header
+        if tensor.kind == Kind.FEATURE and tensor.phase == Phase.TRAIN:
+            return self._forward_train(self._peer(client), msgs)
+        if tensor.kind == Kind.FEATURE:
+            return self._forward_eval(self._peer(client), msgs)
+        if tensor.kind == Kind.GRADIENT:
+            return self._backward(self._peer(client), msgs)
+        raise ProtocolError(f"main server does not accept {tensor.kind.label} frames here")
 
     async def disconnected(self, client: int) -> None:
         """Forget the lost client's half-done batch; its selected replicas stay for averaging."""
@@ -217,39 +220,40 @@ class MainServer(Handler):
 
     # --- per batch -----------------------------------------------------------------------
 
-    def _forward_train(self, peer: Peer, frame: Frame) -> Reply:
-        h = frame.header
-        s1 = peer.rx_s1f.decode(frame)
+    def _forward_train(self, peer: Peer, msgs: list[Frame]) -> Reply:
+        h = msgs[-1].header
+        s1 = receive(peer.rx_s1f, msgs, Kind.FEATURE, "S1 features")
         pixels = s1.shape[0] * 4 * s1.shape[2] * s1.shape[3]  # S1 is half the input size
         rep = peer.replica
         with peer.rng.active(), torch.enable_grad():
             s1.requires_grad_(True)
             rep.model.train()
             s2 = rep.model.server(s1)
+            rep.s2f.warm_up(s2.detach(), pixels)
             out = rep.s2f.forward(s2)
             enc = rep.s2f.encode(s2, receiver=h.client)
-        peer.pending = (s1, out, pixels)
+        peer.pending = (s1, s2, out, pixels)
         ids = Ids(h.round, h.epoch, h.batch, h.client, h.phase)
-        return Reply(tensor_frame(ids, Kind.FEATURE, Split.S2, s2.shape, enc), {0: enc.est_bits})
+        return Reply(*tensor_message(ids, Kind.FEATURE, Split.S2, s2.shape, enc))
 
-    def _forward_eval(self, peer: Peer, frame: Frame) -> Reply:
-        h = frame.header
-        s1 = peer.rx_s1f.decode(frame)
+    def _forward_eval(self, peer: Peer, msgs: list[Frame]) -> Reply:
+        h = msgs[-1].header
+        s1 = receive(peer.rx_s1f, msgs, Kind.FEATURE, "S1 features")
         rep = peer.replica
         with torch.no_grad():
             rep.model.eval()
             s2 = rep.model.server(s1)
-            enc = rep.s2f.encode(s2, receiver=h.client)
+            enc = rep.s2f.encode(s2, receiver=h.client, training=False)
             rep.model.train()
         ids = Ids(h.round, h.epoch, h.batch, h.client, h.phase)
-        return Reply(tensor_frame(ids, Kind.FEATURE, Split.S2, s2.shape, enc), {0: enc.est_bits})
+        return Reply(*tensor_message(ids, Kind.FEATURE, Split.S2, s2.shape, enc))
 
-    def _backward(self, peer: Peer, frame: Frame) -> Reply:
-        h = frame.header
+    def _backward(self, peer: Peer, msgs: list[Frame]) -> Reply:
+        h = msgs[-1].header
         if peer.pending is None:
             raise ProtocolError(f"client {h.client}: S2 gradient without a pending forward pass")
-        g2 = peer.rx_s2g.decode(frame)
-        s1, out, pixels = peer.pending
+        g2 = receive(peer.rx_s2g, msgs, Kind.GRADIENT, "S2 gradient")
+        s1, s2, out, pixels = peer.pending
         peer.pending = None
         rep = peer.replica
         with peer.rng.active(), torch.enable_grad():
@@ -260,6 +264,7 @@ class MainServer(Handler):
                 grads.append(None)
             torch.autograd.backward(tensors, grads)
             g1 = s1.grad.detach()
+            rep.s1g.warm_up(g1, pixels)
             out_g1 = rep.s1g.forward(g1)
             loss_g = rep.s1g.loss(out_g1, pixels)
             if loss_g is not None:
@@ -267,7 +272,7 @@ class MainServer(Handler):
             enc = rep.s1g.encode(g1, receiver=h.client)
             rep.opt.step()
             rep.opt.zero_grad(set_to_none=True)
-            rep.s2f.step()
-            rep.s1g.step()
+            rep.s2f.step(s2, pixels)
+            rep.s1g.step(g1, pixels)
         ids = Ids(h.round, h.epoch, h.batch, h.client, h.phase)
-        return Reply(tensor_frame(ids, Kind.GRADIENT, Split.S1, g1.shape, enc), {0: enc.est_bits})
+        return Reply(*tensor_message(ids, Kind.GRADIENT, Split.S1, g1.shape, enc))

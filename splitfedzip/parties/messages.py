@@ -21,7 +21,7 @@ from ..wire import (
     unpack_control,
     unpack_state,
 )
-from .crossing import Encoded
+from .crossing import CodecReceiver, Encoded
 
 
 class ProtocolError(RuntimeError):
@@ -57,6 +57,26 @@ def tensor_frame(ids: Ids, kind: Kind, split: Split, shape: torch.Size, enc: Enc
         codec_version=enc.version,
     )  # fmt: skip
     return encode_frame(h, enc.payload)
+
+
+def tensor_message(
+    ids: Ids, kind: Kind, split: Split, shape: torch.Size, enc: Encoded
+) -> tuple[bytes, dict[int, float]]:
+    """The tensor frame, preceded by its snapshot's sync frame when one was just published;
+    and the ledger's size estimate, keyed by the tensor frame's index in the message."""
+    frame = tensor_frame(ids, kind, split, shape, enc)
+    if enc.sync is None:
+        return frame, {0: enc.est_bits}
+    return sync_frame(ids, split, enc.codec, enc.version, enc.sync) + frame, {1: enc.est_bits}
+
+
+def receive(rx: CodecReceiver, message: list[Frame], kind: Kind, what: str) -> Tensor:
+    """Install the snapshot sync that may precede a tensor frame, then decode the tensor."""
+    *syncs, frame = message
+    for sync in syncs:
+        h = expect(sync, Kind.CODEC_SYNC, f"a codec sync ahead of the {what}").header
+        rx.sync(h.codec_version, sync.payload)
+    return rx.decode(expect(frame, kind, what))
 
 
 def control_frame(ids: Ids, message: dict[str, Any]) -> bytes:

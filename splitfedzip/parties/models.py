@@ -19,11 +19,13 @@ def crossing_codec(cfg: Config, kind: str) -> Codec:
     """The codec for a feature or gradient crossing under the configured scheme."""
     features, gradients = SCHEMES[cfg.scheme]
     compressed = features if kind == "feature" else gradients
+    opts = cfg.codec_options
     return make_codec(
         cfg.codec if compressed else "none",
         split_channels(cfg.model.base_width),
-        latent_channels=cfg.codec_options.latent_channels,
-        normalize=kind == "gradient",
+        latent_channels=opts.latent_channels,
+        normalize=kind == "gradient" or opts.normalize_features,
+        init_scale=opts.init_scale,
     )
 
 

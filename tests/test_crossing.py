@@ -1,0 +1,97 @@
+"""The sender's training levers and sync policy, on one crossing, with real bitstreams."""
+
+import torch
+
+from splitfedzip.codecs import make_codec
+from splitfedzip.config import CodecConfig
+from splitfedzip.parties.crossing import CodecReceiver, CodecSender
+from splitfedzip.parties.messages import Ids, frames, receive, tensor_message
+from splitfedzip.wire import Kind, Split
+
+SHAPE = (2, 4, 16, 16)
+
+
+def pair(**options) -> tuple[CodecSender, CodecReceiver]:
+    """A sender and a receiver of an ``ae`` crossing, the receiver synced to version 1."""
+    torch.manual_seed(0)
+    sender = CodecSender(make_codec("ae", 4, latent_channels=8), 1.0, CodecConfig(**options))
+    rx = CodecReceiver(make_codec("ae", 4, latent_channels=8), torch.device("cpu"))
+    rx.sync(*sender.publish())
+    return sender, rx
+
+
+def send(sender: CodecSender, rx: CodecReceiver, x: torch.Tensor, training: bool = True):
+    """Code ``x`` into a message, decode it; returns (decoded tensor, number of frames)."""
+    enc = sender.encode(x, training=training)
+    message, est = tensor_message(Ids(), Kind.FEATURE, Split.S1, x.shape, enc)
+    received = frames(message)
+    assert est == {len(received) - 1: enc.est_bits}  # the estimate is the tensor frame's
+    return receive(rx, received, Kind.FEATURE, "S1 features"), len(received)
+
+
+def test_warm_up_trains_and_the_next_tensor_carries_the_warmed_codec():
+    sender, rx = pair(warmup_steps=5, lr=1e-2)
+    x = torch.randn(SHAPE)
+    before = [p.detach().clone() for p in sender.live.parameters()]
+    sender.warm_up(x, pixels=64 * 64)
+    assert any(not torch.equal(a, b) for a, b in zip(before, sender.live.parameters(), strict=True))
+    decoded, count = send(sender, rx, x)
+    assert count == 2 and rx.version == 2
+    with torch.no_grad():
+        assert torch.equal(decoded, sender.live.eval()(x).x_hat)
+    sender.warm_up(x, pixels=64 * 64)  # once per sender: a no-op now
+    assert send(sender, rx, x)[1] == 1
+
+
+def test_sync_every_publishes_ahead_of_every_nth_training_tensor():
+    sender, rx = pair(sync_every=2)
+    x = torch.randn(SHAPE)
+    counts = []
+    for _ in range(4):
+        counts.append(send(sender, rx, x)[1])
+        sender.live.train()
+        sender.loss(sender.forward(x), 64 * 64).backward()
+        sender.step()
+    assert counts == [1, 1, 2, 1]
+
+
+def test_evaluation_codes_with_the_live_codec():
+    sender, rx = pair()
+    x = torch.randn(SHAPE)
+    sender.loss(sender.forward(x), 64 * 64).backward()
+    sender.step()
+    decoded, count = send(sender, rx, x, training=False)
+    assert count == 2  # the trained codec was published ahead of the evaluation tensor
+    with torch.no_grad():
+        assert torch.equal(decoded, sender.live.eval()(x).x_hat)
+    assert send(sender, rx, x, training=False)[1] == 1  # nothing moved since
+
+
+def test_local_steps_lower_the_rate_and_entropy_lr_is_its_own_group():
+    x = torch.randn(SHAPE)
+    rates = []
+    for steps in (0, 20):
+        sender, _ = pair(local_steps=steps, entropy_lr=1e-2, lr=1e-3)
+        assert [g["lr"] for g in sender.opt.param_groups] == [1e-3, 1e-2]
+        sender.loss(sender.forward(x), 64 * 64).backward()
+        sender.step(x, pixels=64 * 64)
+        with torch.no_grad():
+            rates.append(float(sender.live.eval()(x).bits()))
+    assert rates[1] < 0.8 * rates[0]
+
+
+def test_clip_norm_bounds_the_gradient_each_step_applies():
+    sender, _ = pair(clip_norm=1e-3)
+    seen = []
+    step = sender.opt.step
+
+    def recording_step():
+        grads = [p.grad for p in sender.live.parameters() if p.grad is not None]
+        seen.append(float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))))
+        step()
+
+    sender.opt.step = recording_step
+    x = torch.randn(SHAPE) * 100
+    sender.loss(sender.forward(x), 1).backward()
+    sender.step()
+    assert seen and seen[0] <= 1e-3 * 1.0001
