@@ -147,11 +147,16 @@ def test_presets_span_six_decades_of_lambda(name):
     assert len(plan.runs) == len(preset.datasets) * per_dataset
     names = [r.name for r in plan.runs]
     assert len(set(names)) == len(names)
-    assert "synthetic-blastocyst/fg-cheng2020-attn/lambda-1000/seed-1" in names
-    assert "synthetic-lesion/nc/seed-0" in names
-    run = next(r for r in plan.runs if r.name == "synthetic-lesion/f-ae/lambda-0.01/seed-1")
-    assert (run.config.scheme, run.config.codec, run.config.lmbda) == ("f", "ae", 0.01)
-    assert run.config.train.seed == 1 and run.config.data.dataset == "synthetic-lesion"
+    last = preset.seeds - 1
+    for dataset in preset.datasets:
+        assert f"{dataset}/nc/seed-{last}" in names
+        for codec, lams in preset.lambdas.items():
+            assert f"{dataset}/fg-{codec}/lambda-{max(lams):g}/seed-{last}" in names
+    low = min(preset.lambdas["ae"])
+    name = f"{preset.datasets[0]}/f-ae/lambda-{low:g}/seed-{last}"
+    run = next(r for r in plan.runs if r.name == name)
+    assert (run.config.scheme, run.config.codec, run.config.lmbda) == ("f", "ae", low)
+    assert run.config.train.seed == last and run.config.data.dataset == preset.datasets[0]
 
 
 def test_plan_takes_a_config_and_overrides(tmp_path):
