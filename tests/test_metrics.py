@@ -203,3 +203,13 @@ def test_bd_on_the_paper_curves():
     rate = bd_rate(*args)
     assert math.isfinite(rate) and -5.0 < rate < 0.0
     assert math.isfinite(bd_metric(*args)) and math.isfinite(bd_rate(*args, method="pchip"))
+
+
+def test_bd_rate_that_diverges_is_an_error_not_inf():
+    from splitfedzip.metrics import bd_rate
+
+    # A test curve whose rate jumps by decades between two nearly equal MJI values.
+    anchor = ([0.01, 0.02, 0.05, 0.1], [0.60, 0.65, 0.70, 0.72])
+    test = ([1e-300, 1e300, 1e-300, 1e300], [0.60, 0.6000001, 0.70, 0.72])
+    with pytest.raises(ValueError, match="diverges"):
+        bd_rate(*anchor, *test, method="cubic")

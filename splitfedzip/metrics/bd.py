@@ -111,7 +111,15 @@ def bd_rate(
     diff = (_integral(mt, log_rt, lo, hi, method) - _integral(ma, log_ra, lo, hi, method)) / (
         hi - lo
     )
-    return float((np.exp(diff) - 1) * 100)
+    with np.errstate(over="ignore"):
+        percent = float((np.exp(diff) - 1) * 100)
+    if not np.isfinite(percent):
+        # A cubic through nearly equal metric values of a non-monotonic curve can reach any rate.
+        raise ValueError(
+            f"the {method} fit of log-rate over the metric diverges on the overlap "
+            f"[{lo:g}, {hi:g}] (average log-rate difference {diff:g}); no BD-rate"
+        )
+    return percent
 
 
 def bd_metric(
