@@ -229,7 +229,7 @@ class MainServer(Handler):
             s1.requires_grad_(True)
             rep.model.train()
             s2 = rep.model.server(s1)
-            rep.s2f.warm_up(s2.detach(), pixels)
+            rep.s2f.warm_up(s2, pixels)
             out = rep.s2f.forward(s2)
             enc = rep.s2f.encode(s2, receiver=h.client)
         peer.pending = (s1, s2, out, pixels)
