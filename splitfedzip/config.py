@@ -54,6 +54,12 @@ class ModelConfig:
 
     base_width: int = 8
     num_classes: int | None = None
+    #: Probability the freshly initialised head gives the foreground classes together
+    #: (background 1 - p, the rest shared evenly), as in the prior initialisation of Lin et al.
+    #: (Focal Loss, 2017). None keeps PyTorch's default head, the paper's; its random bias can
+    #: start a narrow U-Net marking most pixels as lesion, a state that short runs do not leave
+    #: (docs/benchmarks.md, "Seeds").
+    foreground_prior: float | None = None
 
 
 @dataclass
@@ -247,6 +253,10 @@ def _validate(cfg: Config) -> Config:
     need(
         cfg.model.num_classes is None or cfg.model.num_classes >= 2,
         "model.num_classes: must be >= 2",
+    )
+    need(
+        cfg.model.foreground_prior is None or 0 < cfg.model.foreground_prior < 1,
+        "model.foreground_prior: must be in (0, 1) or null",
     )
     need(t.rounds >= 1 and t.local_epochs >= 1, "train.rounds and train.local_epochs must be >= 1")
     need(t.batch_size >= 1, "train.batch_size: must be >= 1")

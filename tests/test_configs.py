@@ -50,3 +50,9 @@ def test_paper_configs(name: str, dataset: str, counts: list[int], test: int, tm
     assert (t.rounds, t.local_epochs, t.batch_size, t.lr) == (10, 12, 1, 1e-4)
     assert (o.latent_channels, o.lr, o.aux_lr) == (64, 1e-4, 1e-3)
     assert (cfg.federation.variant, cfg.federation.select) == ("v1", "best")
+
+
+@pytest.mark.parametrize("prior", ["0", "1", "1.5"])
+def test_foreground_prior_outside_the_open_interval_is_refused(prior):
+    with pytest.raises(ConfigError, match="model.foreground_prior"):
+        load_config(None, [f"model.foreground_prior={prior}"])

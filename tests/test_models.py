@@ -44,3 +44,18 @@ def test_same_seed_same_weights():
     a, b = build_split_unet(2, 4, seed=3), build_split_unet(2, 4, seed=3)
     for p, q in zip(a.server.parameters(), b.server.parameters(), strict=True):
         assert torch.equal(p, q)
+
+
+@pytest.mark.parametrize("classes", [2, 5])
+def test_foreground_prior_sets_the_head_start(classes):
+    net = build_split_unet(classes, 4, seed=3, foreground_prior=0.1)
+    plain = build_split_unet(classes, 4, seed=3)
+    # Only the head's bias departs from the default initialisation.
+    for (name, a), b in zip(net.back_end.state_dict().items(), plain.back_end.state_dict().values()):
+        assert torch.equal(a, b) or name == "head.bias"
+    # With the weights zeroed the head's output is its bias: background 0.9, the rest shared.
+    with torch.no_grad():
+        net.back_end.head.weight.zero_()
+        probs = net(torch.rand(2, 3, 32, 32)).softmax(1).mean((0, 2, 3))
+    expected = torch.tensor([0.9] + [0.1 / (classes - 1)] * (classes - 1))
+    assert torch.allclose(probs, expected, atol=1e-6)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from .layers import init_class_prior
 from .unet import UNet
 
 # Which U-Net submodules each part owns; together they are the whole U-Net.
@@ -93,14 +94,20 @@ def split_unet(unet: UNet) -> SplitUNet:
 
 
 def build_split_unet(
-    num_classes: int, base_width: int, seed: int | None = None, in_channels: int = 3
+    num_classes: int,
+    base_width: int,
+    seed: int | None = None,
+    in_channels: int = 3,
+    foreground_prior: float | None = None,
 ) -> SplitUNet:
     """A freshly initialised split U-Net; the same seed gives the same weights everywhere."""
-    if seed is not None:
-        with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[], enabled=seed is not None):
+        if seed is not None:
             torch.manual_seed(seed)
-            return split_unet(UNet(in_channels, num_classes, base_width))
-    return split_unet(UNet(in_channels, num_classes, base_width))
+        unet = UNet(in_channels, num_classes, base_width)
+    if foreground_prior is not None:
+        init_class_prior(unet.head, foreground_prior)
+    return split_unet(unet)
 
 
 def split_channels(base_width: int) -> int:

@@ -40,7 +40,9 @@ class ClientModel(nn.Module):
     def __init__(self, cfg: Config, num_classes: int, seed: int = 0) -> None:
         super().__init__()
         # The U-Net seed is shared with the main server: FE + server + BE is one U-Net.
-        parts = build_split_unet(num_classes, cfg.model.base_width, seed)
+        parts = build_split_unet(
+            num_classes, cfg.model.base_width, seed, foreground_prior=cfg.model.foreground_prior
+        )
         self.front_end: FrontEnd = parts.front_end
         self.back_end: BackEnd = parts.back_end
         with seeded(seed + 1):
