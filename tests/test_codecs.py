@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from splitfedzip.codecs import CodecError, make_codec
-from splitfedzip.codecs.streams import STREAM_OVERHEAD
+from splitfedzip.codecs.streams import CHECK_SIZE, STREAM_OVERHEAD, SymbolMismatch
 
 
 def count(m):
@@ -124,3 +124,76 @@ def test_encode_estimate_matches_eval_forward(name):
     with torch.no_grad():
         assert est == pytest.approx(codec(x).bits().item(), rel=1e-5)
     assert data == codec.compress(x)
+
+
+# --- decode integrity ---------------------------------------------------------------------
+
+
+def _coded(name: str, shape=(2, 4, 64, 64)):
+    """A codec ready to code (tables built), an input, and its bitstream."""
+    torch.manual_seed(1)
+    codec = make_codec(name, shape[1], latent_channels=8).eval()
+    codec.update()
+    x = torch.randn(shape) * 4
+    return codec, x, codec.compress(x)
+
+
+@pytest.mark.parametrize("name", ["ae", "cheng2020-attn"])
+def test_decoding_is_identical_with_one_and_two_threads(name):
+    codec, x, data = _coded(name)
+    threads = torch.get_num_threads()
+    try:
+        decoded = []
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            # Each decode checks the symbols it read against the sender's CRC32: the same
+            # symbols, whatever the thread count (Cheng's entropy parameters included).
+            decoded.append(codec.decompress(data, tuple(x.shape)))
+            with torch.no_grad():
+                assert torch.equal(decoded[-1], codec(x).x_hat)  # same set-up: bit-identical
+    finally:
+        torch.set_num_threads(threads)
+    # The synthesis transform's float sums may split differently over threads: last bits only.
+    assert torch.allclose(decoded[0], decoded[1], rtol=1e-5, atol=1e-6)
+
+
+def _disagree(codec) -> None:
+    """Make a receiver's entropy model differ from the sender's, as another machine's might."""
+    if codec.name == "ae":
+        # Another set of CDF tables per channel: the decoder indexes other tables.
+        cdf = codec.entropy_bottleneck._quantized_cdf
+        cdf.copy_(cdf.roll(1, dims=0))
+    else:
+        # Entropy parameters computed slightly differently: other scale indexes.
+        with torch.no_grad():
+            for p in codec.net.entropy_parameters.parameters():
+                p.mul_(1.05)
+
+
+@pytest.mark.parametrize("name", ["ae", "cheng2020-attn"])
+def test_other_symbols_decoded_are_an_error_not_garbage(name):
+    codec, x, data = _coded(name)
+    # The symbols' CRC32 ends the stream, and counts in the payload like any other byte.
+    assert len(data) >= STREAM_OVERHEAD and data[-CHECK_SIZE:] != b"\0" * CHECK_SIZE
+    _disagree(codec)
+    with pytest.raises(SymbolMismatch, match=f"codec '{name}': decoded .* symbols other than"):
+        codec.decompress(data, tuple(x.shape))
+
+
+def test_a_stream_cut_short_or_padded_is_refused():
+    codec, x, data = _coded("ae")
+    with pytest.raises(CodecError, match="not an rANS stream"):
+        codec.decompress(data[:-4] + b"\0" * 4 + data[-4:], tuple(x.shape)[:1] + (4, 8, 8))
+
+
+def test_hostile_bitstream_is_an_error_not_a_crash():
+    # CompressAI's decoder reads without bounds checks: 300 kB of 0xFF used to make it read
+    # far past its input and crash the process. The guard after the stream takes those reads.
+    codec = make_codec("ae", 16, latent_channels=64).eval()
+    codec.update()
+    shape = (8, 16, 128, 128)  # 131,072 latent symbols
+    for size in (300_000, 1_000_000):
+        with pytest.raises(SymbolMismatch):
+            codec.decompress(b"\xff" * size, shape)
+    with pytest.raises(CodecError, match="at most 1048591 bytes"):
+        codec.decompress(b"\xff" * 2_000_000, shape)

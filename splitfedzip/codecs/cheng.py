@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from compressai.entropy_models import EntropyBottleneck
@@ -143,12 +145,14 @@ class Cheng2020AttentionCodec(Codec):
         eb, gc = net.entropy_bottleneck, net.gaussian_conditional
         b, _, h, w = shape
         device = next(self.parameters()).device
-        reader = SymbolReader(data, self.name)
-        z_hat = reader.read_bottleneck(eb, (b, eb.channels, h // 64, w // 64)).to(device)
-        gaussian = tables(gc)
+        hyper = (b, eb.channels, h // 64, w // 64)
+        symbols = math.prod(hyper) + b * net.M * (h // 16) * (w // 16)
+        with SymbolReader(data, self.name, symbols) as reader:
+            z_hat = reader.read_bottleneck(eb, hyper).to(device)
+            gaussian = tables(gc)
 
-        def step(i: int, j: int, s: Tensor, _: None) -> Tensor:
-            return reader.read(gc.build_indexes(s), gaussian).to(s.device, s.dtype)
+            def step(i: int, j: int, s: Tensor, _: None) -> Tensor:
+                return reader.read(gc.build_indexes(s), gaussian).to(s.device, s.dtype)
 
-        y_hat, _, _ = self._scan(None, net.h_s(z_hat), step)
+            y_hat, _, _ = self._scan(None, net.h_s(z_hat), step)
         return net.g_s(y_hat)

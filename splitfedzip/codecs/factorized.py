@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from compressai.entropy_models import EntropyBottleneck
 from compressai.layers import GDN
@@ -79,5 +81,7 @@ class FactorizedPriorCodec(Codec):
         self.check_shape(shape)
         b, _, h, w = shape
         eb = self.entropy_bottleneck
-        y_hat = SymbolReader(data, self.name).read_bottleneck(eb, (b, eb.channels, h // 8, w // 8))
+        latent = (b, eb.channels, h // 8, w // 8)
+        with SymbolReader(data, self.name, symbols=math.prod(latent)) as reader:
+            y_hat = reader.read_bottleneck(eb, latent)
         return self.g_s(y_hat.to(next(self.parameters()).device))

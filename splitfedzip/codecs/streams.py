@@ -5,11 +5,20 @@ hyper-latent and the latent). Each stream pays for its own flush, so a message o
 paid B (or 2B) times the coder's final state and padding, plus a length prefix each. Here every
 symbol of a message, whatever entropy model it belongs to, goes into one buffered rANS encoder
 in decoding order; the receiver reads them back in the same order, each run with its own CDF
-tables. The payload is that single stream: the frame already knows its length.
+tables. The payload is that single stream followed by a CRC32 of the symbols it codes.
+
+The check is over symbols, not bytes (the frame's CRC32 covers those): a receiver whose entropy
+parameters come out differently (another device, library or thread set-up, a known hazard of
+learned entropy models across machines) picks other CDF tables and decodes other symbols from
+intact bytes, and rANS never notices. :meth:`SymbolReader.finish` does.
 """
 
 from __future__ import annotations
 
+import struct
+import zlib
+
+import numpy as np
 import torch
 from compressai.ans import BufferedRansEncoder, RansDecoder
 from compressai.entropy_models import EntropyBottleneck, EntropyModel
@@ -17,9 +26,23 @@ from torch import Tensor
 
 from .base import CodecError
 
-#: Most bytes a stream can exceed its information content by: the rANS coder's 64-bit final
-#: state, and padding to its 32-bit output words.
-STREAM_OVERHEAD = 8 + 3
+_CHECK = struct.Struct("<I")
+#: The symbol check that ends every stream: CRC32 of the symbols as little-endian int32.
+CHECK_SIZE = _CHECK.size
+#: Most bytes a payload can exceed its information content by: the rANS coder's 64-bit final
+#: state, padding to its 32-bit output words, and the symbol check.
+STREAM_OVERHEAD = 8 + 3 + CHECK_SIZE
+#: Most bytes one symbol can take: a 16-bit CDF slot and, for a value outside its table, an
+#: escape of up to 9 nibbles (its length and 32 bits). A longer payload cannot be a stream.
+MAX_SYMBOL_BYTES = 8
+# CompressAI's rANS decoder reads its input without bounds checks, and bytes that are not its
+# own stream can make it read past the end (a 300 kB payload of 0xFF crashes the process). The
+# reader therefore decodes a copy followed by guard words: 0x80000000 keeps the coder's state
+# above its renormalisation bound, so every guard word yields at least 7 of the 4-bit escape
+# reads; the escape length hostile bytes can claim grows by 15 per nibble; hence at most
+# 15 * 8 / 7 < 18 guard words per input word, plus one per symbol (32 and 2 with margin).
+_GUARD = _CHECK.pack(0x80000000)
+_GUARD_PER_WORD, _GUARD_PER_SYMBOL, _GUARD_BASE = 32, 2, 256
 
 #: An entropy model's quantized CDFs, their lengths and offsets, as the rANS coder takes them.
 Tables = tuple[list[list[int]], list[int], list[int]]
@@ -38,6 +61,15 @@ def _flat(t: Tensor) -> list[int]:
     return t.reshape(-1).int().tolist()
 
 
+def _crc(values: list[int], crc: int) -> int:
+    """CRC32 of ``values`` as little-endian int32, continuing from ``crc``."""
+    return zlib.crc32(np.asarray(values, dtype="<i4").tobytes(), crc)
+
+
+class SymbolMismatch(CodecError):
+    """A stream decoded to other symbols than were coded into it."""
+
+
 class SymbolWriter:
     """Collects runs of symbols, each with its CDF indexes and tables; one stream at the end."""
 
@@ -48,13 +80,16 @@ class SymbolWriter:
         self._table: Tables | None = None
         self._symbols: list[int] = []
         self._indexes: list[int] = []
+        self._crc = 0
 
     def write(self, symbols: Tensor, indexes: Tensor, table: Tables) -> None:
         """Append ``symbols`` (integers), coded with ``table[indexes]``."""
         if table is not self._table:
             self._hand_over()
             self._table = table
-        self._symbols += _flat(symbols)
+        values = _flat(symbols)
+        self._crc = _crc(values, self._crc)
+        self._symbols += values
         self._indexes += _flat(indexes)
 
     def _hand_over(self) -> None:
@@ -69,28 +104,68 @@ class SymbolWriter:
         self.write(symbols, model._build_indexes(y.size()), tables(model))
 
     def flush(self) -> bytes:
-        """The stream of every symbol written."""
+        """The stream of every symbol written, then the symbols' CRC32."""
         self._hand_over()
-        return self._encoder.flush()
+        return self._encoder.flush() + _CHECK.pack(self._crc)
 
 
 class SymbolReader:
-    """Reads back, run by run, what a :class:`SymbolWriter` wrote."""
+    """Reads back, run by run, what a :class:`SymbolWriter` wrote: exactly ``symbols`` of them.
 
-    def __init__(self, data: bytes, codec: str) -> None:
+    Use it as a context manager, or call :meth:`finish` after the last read: that compares the
+    symbols read with the check the writer appended.
+    """
+
+    def __init__(self, data: bytes, codec: str, symbols: int) -> None:
+        self.codec, self.symbols = codec, symbols
+        stream = data[:-CHECK_SIZE]
         # A flushed stream holds at least the coder's 64-bit final state, in 32-bit words.
-        if len(data) < 8 or len(data) % 4:
+        if len(data) < 8 + CHECK_SIZE or len(stream) % 4:
             raise CodecError(
                 f"codec {codec!r}: a {len(data)}-byte payload is not an rANS stream "
-                "(whole 32-bit words, the final state at least)"
+                "(whole 32-bit words, the final state at least, and a 4-byte symbol check)"
             )
+        limit = MAX_SYMBOL_BYTES * symbols + STREAM_OVERHEAD
+        if len(data) > limit:
+            raise CodecError(
+                f"codec {codec!r}: a {len(data)}-byte payload for {symbols} symbols is not an "
+                f"rANS stream (at most {limit} bytes)"
+            )
+        (self._expected,) = _CHECK.unpack(data[-CHECK_SIZE:])
+        guard = _GUARD_PER_WORD * (len(stream) // 4) + _GUARD_PER_SYMBOL * symbols + _GUARD_BASE
         self._decoder = RansDecoder()
-        self._decoder.set_stream(data)
+        self._decoder.set_stream(bytes(stream) + _GUARD * guard)
+        self._read, self._crc = 0, 0
 
     def read(self, indexes: Tensor, table: Tables) -> Tensor:
         """The next ``indexes.numel()`` symbols, shaped like ``indexes``."""
+        if self._read + indexes.numel() > self.symbols:
+            raise CodecError(
+                f"codec {self.codec!r}: reading past the {self.symbols} symbols of the stream"
+            )
         values = self._decoder.decode_stream(_flat(indexes), *table)
+        self._read += len(values)
+        self._crc = _crc(values, self._crc)
         return torch.tensor(values, dtype=torch.int32).reshape(indexes.shape)
+
+    def finish(self) -> None:
+        """Check that every symbol was read and that they are the ones the writer coded."""
+        if self._read != self.symbols:
+            raise CodecError(
+                f"codec {self.codec!r}: {self._read} of the stream's {self.symbols} symbols read"
+            )
+        if self._crc != self._expected:
+            raise SymbolMismatch(
+                f"codec {self.codec!r}: decoded {self.symbols} symbols other than were coded "
+                f"(symbol CRC32 {self._crc:08x}, the sender's {self._expected:08x})"
+            )
+
+    def __enter__(self) -> SymbolReader:
+        return self
+
+    def __exit__(self, exc_type: object, *_: object) -> None:
+        if exc_type is None:
+            self.finish()
 
     def read_bottleneck(self, model: EntropyBottleneck, shape: tuple[int, ...]) -> Tensor:
         """A factorized-prior latent of ``shape`` (B, C, H, W), dequantised."""
