@@ -12,7 +12,11 @@ from typing import Any, Literal
 import yaml
 
 SCHEMES = ("nc", "f", "g", "fg")
-CODECS = ("ae", "cheng2020-attn")
+#: Codecs trained by rate-distortion optimisation, with λ weighing their rate.
+LEARNED_CODECS = ("ae", "cheng2020-attn")
+#: Codecs with nothing to learn (docs/codecs.md, "Classic codecs").
+CLASSIC_CODECS = ("fp16", "bf16", "int", "topk", "randtopk")
+CODECS = LEARNED_CODECS + CLASSIC_CODECS
 DATASETS = ("synthetic-lesion", "synthetic-blastocyst", "ham10000", "blastocyst")
 
 
@@ -64,11 +68,11 @@ class ModelConfig:
 
 @dataclass
 class CodecConfig:
-    """Learned codec options shared by every crossing (see docs/codecs.md, "Training").
+    """Codec options shared by every crossing; each codec reads its own (docs/codecs.md).
 
-    The defaults are the paper's: Adam at ``lr`` on every weight, a fresh snapshot only at round
-    starts. The other options speed codec training up within a short run; each is a departure
-    from the paper that is off by default.
+    For the learned codecs the defaults are the paper's: Adam at ``lr`` on every weight, a fresh
+    snapshot only at round starts. The other options speed codec training up within a short
+    run; each is a departure from the paper that is off by default.
     """
 
     latent_channels: int = 64
@@ -89,6 +93,19 @@ class CodecConfig:
     #: Normalise features by their RMS before coding, as gradients are, so that distortion is
     #: relative to the features' scale.
     normalize_features: bool = False
+    #: ``int``: bits per level, 1-8 (its knob); also the levels of quantised top-k values.
+    bits: int = 8
+    #: ``int`` and quantised top-k values: one quantiser range per tensor or per channel.
+    scale: Literal["tensor", "channel"] = "tensor"
+    #: ``topk``, ``randtopk``: the fraction of each batch element's values kept (their knob).
+    topk_fraction: float = 0.1
+    #: ``topk``, ``randtopk``: kept values as float16 (null) or quantised to this many bits.
+    topk_value_bits: int | None = None
+    #: ``randtopk``: probability mass of the values outside the top k (Zheng et al.'s α).
+    randtopk_alpha: float = 0.1
+    #: Classic codecs: add to each training tensor what coding lost from the sender's last one.
+    error_feedback: bool = False
+
 
 
 @dataclass
@@ -275,6 +292,21 @@ def _validate(cfg: Config) -> Config:
     need(o.clip_norm is None or o.clip_norm > 0, "codec_options.clip_norm: must be > 0")
     for key in ("local_steps", "warmup_steps", "sync_every"):
         need(getattr(o, key) >= 0, f"codec_options.{key}: must be >= 0, got {getattr(o, key)}")
+    need(1 <= o.bits <= 8, f"codec_options.bits: must be 1-8, got {o.bits}")
+    need(0 < o.topk_fraction <= 1, f"codec_options.topk_fraction: must be in (0, 1], got "
+         f"{o.topk_fraction}")  # fmt: skip
+    need(
+        o.topk_value_bits is None or 1 <= o.topk_value_bits <= 8,
+        f"codec_options.topk_value_bits: must be 1-8 or null (float16), got {o.topk_value_bits}",
+    )
+    need(0 <= o.randtopk_alpha < 1, f"codec_options.randtopk_alpha: must be in [0, 1), got "
+         f"{o.randtopk_alpha}")  # fmt: skip
+    need(
+        not (o.error_feedback and cfg.codec in CLASSIC_CODECS and cfg.scheme != "nc"
+             and cfg.federation.variant == "v2"),
+        "codec_options.error_feedback: not with federation.variant v2, whose one server replica "
+        "would add a client's residual to the tensors it sends another",
+    )  # fmt: skip
     return cfg
 
 

@@ -24,6 +24,9 @@ class CodecOutput:
     x_hat: Tensor
     likelihoods: dict[str, Tensor] = field(default_factory=dict)
     mse: Tensor | None = None
+    #: The bitstream of ``x_hat``, for codecs that code in ``forward`` (the classic ones): a
+    #: randomised selection is then drawn once, and what crosses is what the gradient assumed.
+    payload: bytes | None = None
 
     def bits(self) -> Tensor:
         """Estimated size of the coded latents in bits: -sum(log2 likelihoods)."""

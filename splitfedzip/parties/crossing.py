@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..codecs import Codec, CodecOutput, codec_id, codec_label
+from ..codecs import ClassicCodec, Codec, CodecOutput, ErrorFeedback, codec_id, codec_label
 from ..config import CodecConfig
 from ..wire import Frame, pack_state, unpack_state
 
@@ -56,6 +56,9 @@ class CodecSender:
         #: receivers whose next tensor must carry a fresh snapshot (after the warm-up)
         self._forced: set[int] = set()
         self._warm = opts.warmup_steps == 0
+        #: A classic codec's residual (``error_feedback``) and its last training forward.
+        self._feedback = ErrorFeedback() if opts.error_feedback and self.classic else None
+        self._coded: tuple[Tensor, Tensor, CodecOutput] | None = None
         self.reset_optimizers()
 
     @property
@@ -63,12 +66,20 @@ class CodecSender:
         """Whether there is a codec to train and sync (``none`` has not)."""
         return self.live.learned
 
+    @property
+    def classic(self) -> bool:
+        """Whether the codec is a classic one (it codes in ``forward``; see codecs/classic.py)."""
+        return isinstance(self.live, ClassicCodec)
+
     def reset_optimizers(self) -> None:
         """Fresh Adam states (each federated round starts from averaged weights).
 
         Three groups: the transforms at ``lr``, the entropy models' densities at ``entropy_lr``
-        and, in the auxiliary optimiser, the bottlenecks' quantiles at ``aux_lr``.
+        and, in the auxiliary optimiser, the bottlenecks' quantiles at ``aux_lr``. A classic
+        codec's error-feedback residual is dropped: it came from the weights being replaced.
         """
+        if self._feedback is not None:
+            self._feedback.reset()
         if not self.learned:
             self.opt = self.aux_opt = None
             return
@@ -94,8 +105,17 @@ class CodecSender:
         return self.version, pack_state(snap.decoder_state())
 
     def forward(self, x: Tensor) -> CodecOutput:
-        """The live codec's differentiable path (noise in training)."""
-        return self.live(x)
+        """The live codec's differentiable path (noise in training).
+
+        A classic codec codes here, the residual added when there is error feedback; the next
+        training :meth:`encode` of the same tensor sends that payload.
+        """
+        if not self.classic:
+            return self.live(x)
+        x_in = x if self._feedback is None else self._feedback.add(x)
+        out = self.live(x_in)
+        self._coded = (x, x_in, out)
+        return out
 
     def loss(self, out: CodecOutput, pixels: int) -> Tensor | None:
         """Rate in bits per input pixel plus λ·MSE; None for ``none``."""
@@ -129,6 +149,8 @@ class CodecSender:
     @torch.no_grad()
     def encode(self, x: Tensor, receiver: int = 0, training: bool = True) -> Encoded:
         """Code ``x`` with ``receiver``'s snapshot, publishing a fresh one first when due."""
+        if self.classic and training:
+            return self._encode_classic(x)
         if not self.learned:
             payload, est = self.live.encode(x)
             return Encoded(payload, codec_id(self.live), 0, est)
@@ -140,6 +162,18 @@ class CodecSender:
         version, snap = self._snapshots[receiver]
         payload, est = snap.encode(x.detach())
         return Encoded(payload, codec_id(snap), version, est, sync)
+
+    def _encode_classic(self, x: Tensor) -> Encoded:
+        """A training tensor: the payload its forward made (coding it now if none did), and
+        the residual that coding left."""
+        coded, self._coded = self._coded, None
+        if coded is None or coded[0] is not x:
+            x_in = x if self._feedback is None else self._feedback.add(x)
+            coded = (x, x_in, self.live(x_in.detach()))
+        _, x_in, out = coded
+        if self._feedback is not None:
+            self._feedback.update(x_in, out.x_hat)
+        return Encoded(out.payload, codec_id(self.live), 0, None)
 
     def step(self, x: Tensor | None = None, pixels: int = 0) -> None:
         """Apply the accumulated gradients; then ``local_steps`` rate-distortion steps on ``x``."""

@@ -26,6 +26,11 @@ def crossing_codec(cfg: Config, kind: str) -> Codec:
         latent_channels=opts.latent_channels,
         normalize=kind == "gradient" or opts.normalize_features,
         init_scale=opts.init_scale,
+        bits=opts.bits,
+        scale=opts.scale,
+        topk_fraction=opts.topk_fraction,
+        topk_value_bits=opts.topk_value_bits,
+        randtopk_alpha=opts.randtopk_alpha,
     )
 
 
