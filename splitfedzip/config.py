@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 import yaml
 
+from .errors import UserError
+
 SCHEMES = ("nc", "f", "g", "fg")
 #: Codecs trained by rate-distortion optimisation, with λ weighing their rate.
 LEARNED_CODECS = ("ae", "cheng2020-attn")
@@ -20,7 +22,7 @@ CODECS = LEARNED_CODECS + CLASSIC_CODECS
 DATASETS = ("synthetic-lesion", "synthetic-blastocyst", "ham10000", "blastocyst")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A configuration key is unknown or its value is invalid."""
 
 
@@ -40,16 +42,30 @@ class PartitionConfig:
 
 @dataclass
 class DataConfig:
-    """Dataset, image size and client partition."""
+    """Dataset, image size and client partition.
+
+    A folder data set comes either as one ``root`` that the partition divides among the clients
+    and from which the test set is held out, or as one folder per client (``client_roots``, or
+    ``splitfedzip client --data-root``), each split into training and validation by its client
+    alone, with the tester's test set in ``test_root``. Only the clients read data.
+    """
 
     dataset: str = "synthetic-lesion"
     root: str | None = None
+    #: Client i's own folder; the partition and ``test_samples`` then play no part.
+    client_roots: list[str] | None = None
+    #: The tester's (client 0's) test folder, with ``client_roots`` or ``--data-root``.
+    test_root: str | None = None
     image_size: int = 128
     num_samples: int = 48
     test_samples: int = 16
     partition: PartitionConfig = field(default_factory=PartitionConfig)
     val_fraction: float = 0.15
     augment: bool = True
+
+    def num_clients(self) -> int:
+        """Number of clients: one per folder, or as many as the partition makes."""
+        return len(self.client_roots) if self.client_roots else self.partition.num_clients()
 
 
 @dataclass
@@ -105,7 +121,6 @@ class CodecConfig:
     randtopk_alpha: float = 0.1
     #: Classic codecs: add to each training tensor what coding lost from the sender's last one.
     error_feedback: bool = False
-
 
 
 @dataclass
@@ -245,9 +260,10 @@ def _validate(cfg: Config) -> Config:
     need(cfg.lmbda > 0, f"lambda: must be > 0, got {cfg.lmbda}")
     need(d.dataset in DATASETS, f"data.dataset: {d.dataset!r} is not one of {', '.join(DATASETS)}")
     need(
-        d.dataset.startswith("synthetic") or d.root is not None,
-        f"data.root: dataset {d.dataset!r} needs data.root to point at its folder",
+        not (d.client_roots or d.test_root) or not d.dataset.startswith("synthetic"),
+        f"data.client_roots, data.test_root: dataset {d.dataset!r} is generated, not read",
     )
+    need(d.client_roots != [], "data.client_roots: one folder per client, or null")
     need(
         d.image_size >= 32 and d.image_size % 16 == 0,
         "data.image_size: must be a multiple of 16, >= 32",
@@ -284,6 +300,11 @@ def _validate(cfg: Config) -> Config:
         f"train.device: {t.device!r}",
     )
     need(cfg.federation.round_timeout > 0, "federation.round_timeout: must be > 0 seconds")
+    need(
+        cfg.federation.variant == "v1" or cfg.federation.select == "last",
+        "federation.select: 'best' needs variant v1; V2 trains one server model shared by "
+        "every client, which cannot go back to each client's best epoch: select 'last'",
+    )
     o = cfg.codec_options
     need(o.latent_channels >= 1, "codec_options.latent_channels: must be >= 1")
     need(o.lr > 0 and o.aux_lr > 0, "codec_options.lr and aux_lr: must be > 0")

@@ -1,11 +1,14 @@
 """The sender's training levers and sync policy, on one crossing, with real bitstreams."""
 
+import re
+
+import pytest
 import torch
 
 from splitfedzip.codecs import make_codec
 from splitfedzip.config import CodecConfig
-from splitfedzip.parties.crossing import CodecReceiver, CodecSender
-from splitfedzip.parties.messages import Ids, frames, receive, tensor_message
+from splitfedzip.parties.crossing import CodecReceiver, CodecSender, IntegrityError
+from splitfedzip.parties.messages import Ids, ProtocolError, frames, receive, tensor_message
 from splitfedzip.wire import Kind, Split
 
 SHAPE = (2, 4, 16, 16)
@@ -95,3 +98,30 @@ def test_clip_norm_bounds_the_gradient_each_step_applies():
     sender.loss(sender.forward(x), 1).backward()
     sender.step()
     assert seen and seen[0] <= 1e-3 * 1.0001
+
+
+def test_a_receiver_that_decodes_other_symbols_names_crossing_batch_and_version():
+    sender, rx = pair()
+    rx.sync(*sender.publish())  # version 2 on both sides
+    cdf = rx.codec.entropy_bottleneck._quantized_cdf  # the receiver's tables drift
+    cdf.copy_(cdf.roll(1, dims=0))
+    ids = Ids(round=3, epoch=2, batch=5, client=1)
+    message, _ = tensor_message(
+        ids, Kind.FEATURE, Split.S1, SHAPE, sender.encode(torch.randn(SHAPE))
+    )
+    with pytest.raises(IntegrityError) as err:
+        receive(rx, frames(message), Kind.FEATURE, "S1 features", SHAPE)
+    assert re.search(
+        r"S1 features of client 1, round 3 epoch 2 batch 5 \(train\), ae codec version 2: "
+        r"codec 'ae': decoded 64 symbols other than were coded",
+        str(err.value),
+    ), err.value
+
+
+def test_a_tensor_of_another_shape_is_refused_before_decoding():
+    sender, rx = pair()
+    enc = sender.encode(torch.randn(SHAPE))
+    big = (2**20, 4, 16, 16)  # a header may claim anything: the receiver never sizes by it
+    message, _ = tensor_message(Ids(), Kind.FEATURE, Split.S1, big, enc)
+    with pytest.raises(ProtocolError, match=r"S1 features: shape \(1048576, 4, 16, 16\), expected"):
+        receive(rx, frames(message), Kind.FEATURE, "S1 features", SHAPE)

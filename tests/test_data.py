@@ -1,6 +1,7 @@
 """Tests for the synthetic and folder data sets, transforms, partitions and the builder."""
 
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -12,10 +13,12 @@ from splitfedzip.config import DataConfig, PartitionConfig
 from splitfedzip.data import (
     Augmented,
     BlastocystFolder,
+    DataError,
     HAM10000Folder,
     SyntheticBlastocyst,
     SyntheticLesion,
     build_federated_data,
+    client_data,
     denormalize,
     normalize,
     num_classes_for,
@@ -23,6 +26,7 @@ from splitfedzip.data import (
     segmentation_strata,
     train_val_split,
 )
+from splitfedzip.data.sites import write_site_folders
 from splitfedzip.data.transforms import random_flip, resize_mask
 
 # --- synthetic data sets ------------------------------------------------------------------
@@ -323,3 +327,60 @@ def test_num_classes_for():
     assert num_classes_for("ham10000") == 2 and num_classes_for("synthetic-blastocyst") == 5
     with pytest.raises(ValueError, match="unknown dataset"):
         num_classes_for("cityscapes")
+
+
+# --- one folder per client ----------------------------------------------------------------
+
+
+def test_client_folders_give_each_client_its_share_of_the_shared_root(tmp_path, lesion_folder):
+    shared = DataConfig(
+        dataset="ham10000", root=str(lesion_folder("all", 20)), image_size=32,
+        test_samples=4, partition=PartitionConfig(kind="dirichlet", clients=2),
+    )  # fmt: skip
+    roots, test = write_site_folders(shared, seed=7, out=tmp_path / "sites")
+    own = DataConfig(
+        dataset="ham10000", client_roots=[str(r) for r in roots], test_root=str(test),
+        image_size=32,
+    )  # fmt: skip
+    a, b = build_federated_data(shared, seed=7), build_federated_data(own, seed=7)
+    assert len(a.clients) == len(b.clients) == 2
+    for ours, theirs in zip(a.clients, b.clients, strict=True):
+        for name in ("train", "val"):
+            x, y = getattr(ours, name), getattr(theirs, name)
+            assert len(x) == len(y) > 0
+            for i in range(len(x)):  # same samples, order and augmentation draws
+                assert all(torch.equal(s, t) for s, t in zip(x[i], y[i], strict=True))
+    assert len(a.test) == len(b.test) == 4
+    assert all(torch.equal(a.test[i][0], b.test[i][0]) for i in range(4))
+    # A client reads its own folder and nothing else.
+    mine = client_data(own, seed=7, client=1, root=roots[1])
+    assert {p[0].parent.parent for p in mine.val.dataset.pairs} == {roots[1]}
+    with pytest.raises(DataError, match="data.test_root"):
+        build_federated_data(replace(own, test_root=None), seed=7)
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        ("truncate_image", r"ISIC_0000001\.jpg: not a readable image \(.*[Tt]runcated"),
+        ("text_image", r"ISIC_0000001\.jpg: not a readable image \(cannot identify"),
+        ("empty_mask", r"ISIC_0000001_segmentation\.png: an empty file, not an image"),
+        ("corrupt_mask", r"ISIC_0000001_segmentation\.png: not a readable image"),
+    ],
+)
+def test_a_bad_file_is_named_before_training_starts(lesion_folder, damage, message):
+    root = lesion_folder("site", 3)
+    image = root / "images" / "ISIC_0000001.jpg"
+    mask = root / "masks" / "ISIC_0000001_segmentation.png"
+    if damage == "truncate_image":
+        image.write_bytes(image.read_bytes()[: image.stat().st_size // 2])
+    elif damage == "text_image":
+        image.write_text("notes from the clinic, not a picture")
+    elif damage == "empty_mask":
+        mask.write_bytes(b"")
+    else:
+        data = bytearray(mask.read_bytes())
+        data[40:60] = b"\xff" * 20  # inside the compressed pixels: zlib or CRC breaks
+        mask.write_bytes(bytes(data))
+    with pytest.raises(DataError, match=message):
+        HAM10000Folder(root, 16)  # reading the folder, not the first batch, finds it

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections import Counter
 from pathlib import Path
 
@@ -206,19 +207,27 @@ def _bytes_by_kind(ledger: Ledger) -> Counter:
     return totals
 
 
-def test_launch_matches_embedded_run(tmp_path: Path) -> None:
+def test_launch_with_a_folder_per_client_matches_the_embedded_run(tmp_path, lesion_folder):
     from splitfedzip.config import load_config
+    from splitfedzip.data.sites import write_site_folders
     from splitfedzip.experiments.deploy import launch
     from splitfedzip.experiments.train import run_embedded
 
-    cfg = load_config(None, SMALL_RUN)
-    embedded = run_embedded(cfg)
-    deployed = launch(cfg, tmp_path / "run", timeout=180)
-    # Same seeds, same operations in the same order on the same CPU: only torch's parallel
-    # reductions, split over a different number of threads (launch gives each process a share
-    # of the cores), could move the result, far below 1e-5.
+    ham = ["data.dataset=ham10000", "data.test_samples=4"]
+    shared = load_config(None, [*SMALL_RUN, *ham, f"data.root={lesion_folder('all', 16)}"])
+    embedded = run_embedded(shared)
+    # Each client process gets its own folder (--data-root) and reads no other.
+    roots, test = write_site_folders(shared.data, shared.train.seed, tmp_path / "sites")
+    sites = [f"data.client_roots={json.dumps([str(r) for r in roots])}", f"data.test_root={test}"]
+    deployed = launch(load_config(None, [*SMALL_RUN, *ham, *sites]), tmp_path / "run", timeout=180)
+    # Same seeds, samples and operations in the same order on the same CPU: only torch's
+    # parallel reductions, split over a different number of threads (launch gives each process
+    # a share of the cores), could move the result, far below 1e-5.
     assert deployed.summary["test_mji"] == pytest.approx(embedded.summary["test_mji"], abs=1e-5)
     assert _bytes_by_kind(deployed.ledger) == _bytes_by_kind(embedded.ledger)
+    for i, root in enumerate(roots):
+        log = (tmp_path / "run" / "logs" / f"client-{i}.log").read_text()
+        assert f"checked {len(list((root / 'images').iterdir()))} images" in log
     # wire_bytes sits on each message's first frame and covers the whole message plus framing.
     for side in ("client->", "main->", "federation->"):
         rows = [r for r in deployed.ledger.rows if r.direction.startswith(side)]

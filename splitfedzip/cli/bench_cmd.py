@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from ..config import load_config
+from ..errors import UserError
 from .options import add_overrides
 
 
@@ -94,9 +95,9 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
     if args.threads is not None:
         opts["threads"] = args.threads
     if opts.get("steps", 0) < 0 or opts.get("warmup_steps", 0) < 0:
-        raise ValueError("--steps and --warmup must be >= 0")
+        raise UserError("--steps and --warmup must be >= 0")
     if opts.get("lmbda", 1) <= 0 or opts.get("threads", 1) < 1:
-        raise ValueError("--lmbda must be > 0 and --threads >= 1")
+        raise UserError("--lmbda must be > 0 and --threads >= 1")
     return opts
 
 
@@ -116,7 +117,7 @@ def run_codecs(args: argparse.Namespace) -> int:
 def _names(text: str, what: str) -> tuple[str, ...]:
     names = tuple(n.strip() for n in text.split(",") if n.strip())
     if not names:
-        raise ValueError(f"--{what}: give at least one name")
+        raise UserError(f"--{what}: give at least one name")
     return names
 
 
@@ -138,9 +139,9 @@ def run_runtime(args: argparse.Namespace) -> int:
     for what, names, known in (("schemes", schemes, SCHEMES), ("codecs", codecs, CODECS)):
         for name in names:
             if name not in known:
-                raise ValueError(f"--{what}: {name!r} is not one of {', '.join(known)}")
+                raise UserError(f"--{what}: {name!r} is not one of {', '.join(known)}")
     if min(args.batches, args.repeats, args.threads) < 1:
-        raise ValueError("--batches, --repeats and --threads must be >= 1")
+        raise UserError("--batches, --repeats and --threads must be >= 1")
     setup = RuntimeSetup(schemes, codecs, batches=args.batches, repeats=args.repeats,
                          threads=args.threads)  # fmt: skip
     rows = bench_runtime(cfg, setup)

@@ -8,14 +8,18 @@ import warnings
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 
-from ..config import ConfigError
+from ..errors import RunFailure, UserError
 from . import bench_cmd, inspect_cmd, reproduce_cmd, serve_cmd, train_cmd
 
 # Each module exposes ``register(subparsers)``, which adds its parser and sets ``func``.
 COMMANDS = (inspect_cmd, train_cmd, serve_cmd, bench_cmd, reproduce_cmd)
-# Errors caused by what the user gave us: a message and exit status 2, no traceback.
-# (CodecError, like ConfigError, is a ValueError; importing it here would load torch for --help.)
-USER_ERRORS = (ConfigError, FileNotFoundError, ValueError)
+# Errors caused by what the user gave us (arguments, configuration, data files, a path that is
+# not there): one line and exit status 2, the usage status.
+USER_ERRORS = (UserError, FileNotFoundError)
+# A run that cannot go on for a reason outside this program (a peer, the codecs' two sides
+# disagreeing, divergence): one line and exit status 1. Anything else is a fault in this
+# program: it keeps its traceback (and Python's exit status 1).
+RUN_FAILURES = (RunFailure,)
 
 
 def _version() -> str:
@@ -53,6 +57,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except USER_ERRORS as e:
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 2
+    except RUN_FAILURES as e:
+        print(f"{parser.prog} {args.command}: error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

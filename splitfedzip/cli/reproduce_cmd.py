@@ -7,6 +7,7 @@ import functools
 from pathlib import Path
 
 from ..config import DATASETS
+from ..errors import UserError
 from .options import add_overrides
 
 
@@ -43,7 +44,7 @@ def _reproduce(args: argparse.Namespace) -> int:
     from ..reproduce import load_preset, make_plan, reproduce
 
     if args.jobs < 1:
-        raise ValueError(f"--jobs: must be >= 1, got {args.jobs}")
+        raise UserError(f"--jobs: must be >= 1, got {args.jobs}")
     preset = load_preset(args.preset or ("quick" if args.quick else "full"))
     plan = make_plan(preset, args.dataset, args.config, args.overrides, args.seeds)
     out = Path(args.out or f"runs/reproduce-{preset.name}")

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from ..config import load_config
+from ..errors import RunFailure, UserError
 from .options import add_overrides
 
 TOKEN_ENV = "SPLITFEDZIP_TOKEN"
@@ -89,6 +90,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--request-timeout", type=float, default=600.0,
         help="seconds to wait for any one answer (default 600)",
     )  # fmt: skip
+    client.add_argument(
+        "--data-root", type=Path, metavar="DIR",
+        help="this client's own data folder (the data set's layout), split into training and "
+        "validation here; no other client's data is read (default: its share of the data set "
+        "the config describes)",
+    )  # fmt: skip
+    client.add_argument(
+        "--test-root", type=Path, metavar="DIR",
+        help="client 0 (the tester): the test folder (default: data.test_root)",
+    )  # fmt: skip
     client.add_argument("--progress", action="store_true", help="show a progress bar")
     client.set_defaults(func=run_client)
 
@@ -106,6 +117,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--timeout", type=float, default=3600.0, help="seconds before giving up (default 3600)"
     )
     launch.add_argument("--max-message-mb", type=int, default=256)
+    launch.add_argument(
+        "--data-root", type=Path, action="append", metavar="DIR",
+        help="one per client, in client order: each client process reads only its own folder "
+        "(sets data.client_roots)",
+    )  # fmt: skip
+    launch.add_argument(
+        "--test-root", type=Path, metavar="DIR",
+        help="the tester's test folder, with --data-root (sets data.test_root)",
+    )  # fmt: skip
     launch.set_defaults(func=run_launch)
 
     certs = subparsers.add_parser(
@@ -131,10 +151,10 @@ def _tls(args: argparse.Namespace):
 
     if args.insecure:
         if args.tls_cert or args.tls_key or args.tls_ca:
-            raise ValueError("--insecure cannot be combined with --tls-* files")
+            raise UserError("--insecure cannot be combined with --tls-* files")
         return None
     if bool(args.tls_cert) != bool(args.tls_key):
-        raise ValueError("--tls-cert and --tls-key go together")
+        raise UserError("--tls-cert and --tls-key go together")
     return TlsFiles(args.tls_cert, args.tls_key, args.tls_ca)
 
 
@@ -143,7 +163,7 @@ def _read_tokens(path: Path | None) -> dict[int, str] | None:
         return None
     raw = json.loads(path.read_text())
     if not isinstance(raw, dict) or not all(isinstance(v, str) and v for v in raw.values()):
-        raise ValueError(f'{path}: expected a JSON object {{"0": "token", ...}}')
+        raise UserError(f'{path}: expected a JSON object {{"0": "token", ...}}')
     return {int(k): v for k, v in raw.items()}
 
 
@@ -152,7 +172,6 @@ def run_serve(args: argparse.Namespace) -> int:
     _setup_logging(args.log_level)
     cfg = load_config(args.config, args.overrides)
     from ..experiments import deploy
-    from ..transport.base import TransportError
     from ..transport.grpc import ServerSecurity
 
     security = ServerSecurity(
@@ -167,7 +186,7 @@ def run_serve(args: argparse.Namespace) -> int:
             deploy.serve_federation(cfg, args.listen, **opts)
         else:
             deploy.serve_main(cfg, args.listen, args.federation, **opts)
-    except TransportError as e:
+    except RunFailure as e:
         print(f"splitfedzip serve {args.role}: error: {e}", file=sys.stderr)
         return 1
     return 0
@@ -178,7 +197,6 @@ def run_client(args: argparse.Namespace) -> int:
     _setup_logging(args.log_level)
     cfg = load_config(args.config, args.overrides)
     from ..experiments import deploy
-    from ..transport.base import TransportError
     from ..transport.grpc import ClientSecurity
 
     security = ClientSecurity(tls=_tls(args), token=args.token, insecure=args.insecure)
@@ -188,8 +206,9 @@ def run_client(args: argparse.Namespace) -> int:
             max_message=args.max_message_mb << 20, ledger_path=args.ledger,
             result_path=args.result, connect_timeout=args.connect_timeout,
             request_timeout=args.request_timeout, progress=args.progress,
+            data_root=args.data_root, test_root=args.test_root,
         )  # fmt: skip
-    except TransportError as e:
+    except RunFailure as e:  # a server went away or refused, the codecs disagree, divergence
         print(f"splitfedzip client {args.client_id}: error: {e}", file=sys.stderr)
         return 1
     if result.test is not None:
@@ -199,7 +218,12 @@ def run_client(args: argparse.Namespace) -> int:
 
 def run_launch(args: argparse.Namespace) -> int:
     """``launch``."""
-    cfg = load_config(args.config, args.overrides)
+    overrides = list(args.overrides)
+    if args.data_root:  # JSON strings are YAML: any path survives the override
+        overrides.append(f"data.client_roots={json.dumps([str(p) for p in args.data_root])}")
+    if args.test_root:
+        overrides.append(f"data.test_root={json.dumps(str(args.test_root))}")
+    cfg = load_config(args.config, overrides)
     from ..experiments.deploy import launch
 
     try:
@@ -207,7 +231,7 @@ def run_launch(args: argparse.Namespace) -> int:
             cfg, args.out, insecure=args.insecure, timeout=args.timeout,
             max_message_mb=args.max_message_mb,
         )  # fmt: skip
-    except RuntimeError as e:
+    except RunFailure as e:
         print(f"splitfedzip launch: error: {e}", file=sys.stderr)
         return 1
     print(json.dumps(result.summary, indent=2))
@@ -219,7 +243,7 @@ def run_certs(args: argparse.Namespace) -> int:
     from ..transport.tls import generate_certificates
 
     if args.clients < 1:
-        raise ValueError("--clients must be at least 1")
+        raise UserError("--clients must be at least 1")
     written = generate_certificates(args.out, args.clients, tuple(args.hosts))
     print("\n".join(str(p) for p in written.values()))
     return 0

@@ -8,6 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
+from ..errors import UserError
 from .options import add_overrides
 
 
@@ -92,10 +93,10 @@ def _variants(text: str) -> list[tuple[str, str]]:
     for item in (v.strip() for v in text.split(",") if v.strip()):
         scheme, sep, codec = item.partition(":")
         if not sep or not scheme or not codec:
-            raise ValueError(f"--variants: {item!r} is not scheme:codec (e.g. fg:ae)")
+            raise UserError(f"--variants: {item!r} is not scheme:codec (e.g. fg:ae)")
         out.append((scheme, codec))
     if not out:
-        raise ValueError("--variants: give at least one scheme:codec")
+        raise UserError("--variants: give at least one scheme:codec")
     return out
 
 
@@ -111,7 +112,7 @@ def _sweep(args: argparse.Namespace) -> int:
     else:
         lambdas = [float(x) for x in args.lambdas.split(",") if x.strip()]
         if not lambdas:
-            raise ValueError("--lambdas: give at least one value")
+            raise UserError("--lambdas: give at least one value")
         # Every configuration is built (and checked) before the first run starts.
         configs = [
             load_config(args.config, [*args.overrides, f"scheme={s}", f"codec={c}", f"lambda={x}"])

@@ -118,6 +118,7 @@ class SymbolReader:
 
     def __init__(self, data: bytes, codec: str, symbols: int) -> None:
         self.codec, self.symbols = codec, symbols
+        self._checked: Tables | None = None
         stream = data[:-CHECK_SIZE]
         # A flushed stream holds at least the coder's 64-bit final state, in 32-bit words.
         if len(data) < 8 + CHECK_SIZE or len(stream) % 4:
@@ -143,7 +144,16 @@ class SymbolReader:
             raise CodecError(
                 f"codec {self.codec!r}: reading past the {self.symbols} symbols of the stream"
             )
-        values = self._decoder.decode_stream(_flat(indexes), *table)
+        if table is not self._checked:
+            check_tables(table, self.codec)
+            self._checked = table
+        flat = _flat(indexes)
+        if flat and not 0 <= min(flat) <= max(flat) < len(table[0]):
+            raise CodecError(
+                f"codec {self.codec!r}: CDF indexes {min(flat)}..{max(flat)} outside its "
+                f"{len(table[0])} tables"
+            )
+        values = self._decoder.decode_stream(flat, *table)
         self._read += len(values)
         self._crc = _crc(values, self._crc)
         return torch.tensor(values, dtype=torch.int32).reshape(indexes.shape)
@@ -172,6 +182,24 @@ class SymbolReader:
         symbols = self.read(model._build_indexes(torch.Size(shape)), tables(model))
         medians = bottleneck_medians(model, shape)
         return model.dequantize(symbols.to(medians.device), medians, medians.dtype)
+
+
+def check_tables(table: Tables, codec: str) -> None:
+    """Refuse CDF tables the rANS decoder could read past (it checks nothing itself).
+
+    Each CDF must start at 0 and reach 1 << 16 within its row, at a length of at least 2:
+    then every lookup stays inside the row. Tables can come from a peer (a codec sync, or a
+    payload's own histogram), so they are checked before the first symbol is read with them.
+    """
+    cdfs, sizes, offsets = table
+    if not cdfs or len(sizes) != len(cdfs) or len(offsets) != len(cdfs):
+        raise CodecError(
+            f"codec {codec!r}: malformed entropy tables ({len(cdfs)} CDFs, {len(sizes)} "
+            f"lengths, {len(offsets)} offsets)"
+        )
+    for i, (cdf, size) in enumerate(zip(cdfs, sizes, strict=True)):
+        if not 2 <= size <= len(cdf) or cdf[0] != 0 or cdf[size - 1] != 1 << 16:
+            raise CodecError(f"codec {codec!r}: entropy table {i} is not a CDF the coder can use")
 
 
 def bottleneck_medians(model: EntropyBottleneck, shape: tuple[int, ...]) -> Tensor:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from types import MappingProxyType
 
 import numpy as np
 from torch.utils.data import Dataset, Subset
 
 from ..config import DataConfig
-from .folders import BlastocystFolder, HAM10000Folder
+from .folders import BlastocystFolder, DataError, HAM10000Folder, MaskFolder
 from .partition import partition_indices, segmentation_strata, train_val_split
 from .synthetic import SyntheticBlastocyst, SyntheticLesion
 from .transforms import Augmented
@@ -53,6 +54,38 @@ def _stream(seed: int, *tags: int) -> list[int]:
     return [int(seed) % (1 << 64), *tags]
 
 
+def folder_dataset(cfg: DataConfig, root: str | Path) -> MaskFolder:
+    """The folder data set of ``cfg.dataset`` at ``root``, every file checked."""
+    if cfg.dataset.startswith("synthetic"):
+        raise DataError(f"dataset {cfg.dataset!r} is generated: it has no folder to read")
+    cls = HAM10000Folder if cfg.dataset == "ham10000" else BlastocystFolder
+    return cls(root, cfg.image_size)
+
+
+def client_data(cfg: DataConfig, seed: int, client: int, root: str | Path) -> ClientData:
+    """Client ``client``'s sets from its own folder, split into training and validation here.
+
+    The split and the augmentation draw from the same streams as :func:`build_federated_data`,
+    so a folder holding exactly a client's share of a shared root gives that client the same
+    sets, in the same order, as the shared root does.
+    """
+    folder = folder_dataset(cfg, root)
+    try:
+        train, val = train_val_split(
+            range(len(folder)), cfg.val_fraction, _stream(seed, _VAL, client)
+        )
+    except ValueError as e:
+        raise DataError(f"{root}: {e}") from None
+    return _client(cfg, seed, client, folder, train, val)
+
+
+def _client(
+    cfg: DataConfig, seed: int, client: int, dataset: Dataset, train: list[int], val: list[int]
+) -> ClientData:
+    rng = np.random.default_rng(_stream(seed, _AUGMENT, client))
+    return ClientData(Augmented(Subset(dataset, train), rng, cfg.augment), Subset(dataset, val))
+
+
 def _pool_and_test(cfg: DataConfig, seed: int) -> tuple[Dataset, list[int], Dataset]:
     """(dataset, indices of the training pool in it, test set)."""
     p = cfg.partition
@@ -64,11 +97,13 @@ def _pool_and_test(cfg: DataConfig, seed: int) -> tuple[Dataset, list[int], Data
         test = cls(cfg.test_samples, cfg.image_size, seed, offset=TEST_OFFSET)
         return cls(n, cfg.image_size, seed), list(range(n)), test
     if cfg.root is None:
-        raise ValueError(f"dataset {cfg.dataset!r} needs a root folder")
-    folder_cls = HAM10000Folder if cfg.dataset == "ham10000" else BlastocystFolder
-    full = folder_cls(cfg.root, cfg.image_size)
+        raise DataError(
+            f"data.root: dataset {cfg.dataset!r} needs its folder (or data.client_roots, one "
+            "folder per client)"
+        )
+    full = folder_dataset(cfg, cfg.root)
     if cfg.test_samples >= len(full):
-        raise ValueError(
+        raise DataError(
             f"{cfg.root}: test_samples={cfg.test_samples} leaves no training data "
             f"out of {len(full)} samples"
         )
@@ -80,6 +115,11 @@ def _pool_and_test(cfg: DataConfig, seed: int) -> tuple[Dataset, list[int], Data
 def build_federated_data(cfg: DataConfig, seed: int) -> FederatedData:
     """Build the clients' (augmented) train sets, their val sets and the test set."""
     num_classes = num_classes_for(cfg.dataset)
+    if cfg.client_roots:
+        if cfg.test_root is None:
+            raise DataError("data.test_root: with data.client_roots, the tester's test folder")
+        clients = [client_data(cfg, seed, c, root) for c, root in enumerate(cfg.client_roots)]
+        return FederatedData(clients, folder_dataset(cfg, cfg.test_root), num_classes)
     dataset, pool, test = _pool_and_test(cfg, seed)
     strata = None
     if cfg.partition.kind == "dirichlet":
@@ -87,7 +127,7 @@ def build_federated_data(cfg: DataConfig, seed: int) -> FederatedData:
     try:
         parts = partition_indices(len(pool), cfg.partition, _stream(seed, _PARTITION), strata)
     except ValueError as e:
-        raise ValueError(
+        raise DataError(
             f"{cfg.dataset}: {e} (after holding out {cfg.test_samples} for test)"
         ) from e
     clients = []
@@ -95,8 +135,5 @@ def build_federated_data(cfg: DataConfig, seed: int) -> FederatedData:
         train, val = train_val_split(
             [pool[i] for i in part], cfg.val_fraction, _stream(seed, _VAL, c)
         )
-        rng = np.random.default_rng(_stream(seed, _AUGMENT, c))
-        clients.append(
-            ClientData(Augmented(Subset(dataset, train), rng, cfg.augment), Subset(dataset, val))
-        )
+        clients.append(_client(cfg, seed, c, dataset, train, val))
     return FederatedData(clients=clients, test=test, num_classes=num_classes)

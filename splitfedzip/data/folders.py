@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import MappingProxyType
@@ -11,12 +13,48 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from ..errors import UserError
 from .transforms import resize_image, resize_mask, to_sample
+
+log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".bmp", ".png", ".jpg", ".jpeg")
 # Grey level -> class id of the blastocyst masks (two annotation batches use different levels).
 BLASTOCYST_LEVELS = MappingProxyType({0: 0, 64: 1, 105: 1, 128: 2, 192: 3, 226: 3, 255: 4})
 HAM_THRESHOLD = 100  # mask pixels above this are lesion
+
+
+class DataError(UserError):
+    """A data file or folder cannot be used; the message names it."""
+
+
+def _read(path: Path, mode: str) -> Image.Image:
+    """The image at ``path`` converted to ``mode``, or a :class:`DataError` naming the file."""
+    try:
+        with Image.open(path) as im:
+            return im.convert(mode)
+    except Exception as e:  # PIL raises many kinds (OSError, SyntaxError, struct.error, ...)
+        raise DataError(f"{path}: not a readable image ({e})") from None
+
+
+def probe(path: Path) -> tuple[int, int]:
+    """Decode the image at ``path`` once (JPEG at 1/8 scale: every byte is still read); its
+    width and height, or a :class:`DataError` naming the file: empty, truncated, not an image."""
+    try:
+        if path.stat().st_size == 0:
+            raise DataError(f"{path}: an empty file, not an image")
+        with Image.open(path) as im:
+            size = im.size
+            if im.format == "JPEG":
+                im.draft(im.mode, (max(1, size[0] // 8), max(1, size[1] // 8)))
+            im.load()
+    except DataError:
+        raise
+    except Exception as e:
+        raise DataError(f"{path}: not a readable image ({e})") from None
+    if 0 in size:
+        raise DataError(f"{path}: an empty image ({size[0]}x{size[1]} pixels)")
+    return size
 
 
 def _first_dir(root: Path, names: Sequence[str]) -> Path:
@@ -44,6 +82,23 @@ class MaskFolder(Dataset):
     def __init__(self, pairs: list[tuple[Path, Path]], image_size: int):
         self.pairs = pairs
         self.image_size = image_size
+        self.check()
+
+    def check(self) -> None:
+        """Read every image and mask once, so that a bad file stops the run before training
+        starts; a :class:`DataError` names the first one."""
+        start = time.perf_counter()
+        for index, (image, mask) in enumerate(self.pairs):
+            image_size, mask_size = probe(image), probe(mask)
+            if image_size != mask_size:
+                raise DataError(
+                    f"{image}: image is {image_size[0]}x{image_size[1]} but its mask {mask} is "
+                    f"{mask_size[0]}x{mask_size[1]} (width x height)"
+                )
+            self._read_mask(index)  # its grey levels must be known ones
+        log.info(
+            "checked %d images and masks in %.1f s", len(self.pairs), time.perf_counter() - start
+        )
 
     def decode_mask(self, grey: np.ndarray, path: Path) -> np.ndarray:
         """Class ids (uint8) from the mask file's grey levels."""
@@ -51,9 +106,7 @@ class MaskFolder(Dataset):
 
     def _read_mask(self, index: int) -> tuple[np.ndarray, Path]:
         path = self.pairs[index][1]
-        with Image.open(path) as im:
-            grey = np.asarray(im.convert("L"))
-        return self.decode_mask(grey, path), path
+        return self.decode_mask(np.asarray(_read(path, "L")), path), path
 
     def load_mask(self, index: int) -> np.ndarray:
         """The resized class-id mask of sample ``index`` (without reading the image)."""
@@ -63,10 +116,9 @@ class MaskFolder(Dataset):
         """Sample ``index`` as (CHW float32 image in [0, 1], HW uint8 mask), resized."""
         image_path = self.pairs[index][0]
         mask, mask_path = self._read_mask(index)
-        with Image.open(image_path) as im:
-            image = im.convert("RGB")
+        image = _read(image_path, "RGB")
         if image.size != (mask.shape[1], mask.shape[0]):
-            raise ValueError(
+            raise DataError(
                 f"{image_path}: image is {image.size[0]}x{image.size[1]} but its mask "
                 f"{mask_path} is {mask.shape[1]}x{mask.shape[0]} (width x height)"
             )
@@ -142,5 +194,5 @@ class BlastocystFolder(MaskFolder):
         if (mask == 255).any():
             found = sorted(np.unique(grey).tolist())
             known = sorted(BLASTOCYST_LEVELS)
-            raise ValueError(f"{path}: unknown mask grey level(s); found {found}, known {known}")
+            raise DataError(f"{path}: unknown mask grey level(s); found {found}, known {known}")
         return mask

@@ -13,9 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..codecs import CODEC_NAMES, Codec, CodecError, make_codec
+from ..codecs import CODEC_NAMES, Codec, make_codec
 from ..config import Config
 from ..data import SyntheticBlastocyst, SyntheticLesion, num_classes_for
+from ..errors import UserError
 from ..metrics import soft_dice_loss
 from ..models import build_split_unet, split_channels
 
@@ -175,7 +176,7 @@ def bench_codecs(setup: BenchSetup) -> list[dict[str, Any]]:
     """One row per codec and tensor kind (gradient codecs normalise their input)."""
     unknown = [c for c in setup.codecs if c not in CODEC_NAMES]
     if unknown or not setup.codecs:
-        raise CodecError(f"unknown codecs {unknown}; known: {', '.join(CODEC_NAMES)}")
+        raise UserError(f"unknown codecs {unknown}; known: {', '.join(CODEC_NAMES)}")
     threads = torch.get_num_threads()
     torch.set_num_threads(setup.threads)
     try:

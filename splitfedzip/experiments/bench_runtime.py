@@ -12,6 +12,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..config import Config
+from ..errors import UserError
 from ..metrics.ledger import Ledger
 from ..parties.client import Client
 from ..parties.messages import Ids
@@ -58,7 +59,7 @@ async def _prepare(cfg: Config, device: torch.device) -> _Variant:
     loader = DataLoader(own.train, batch_size=cfg.train.batch_size)
     batches = [(x, y) for x, y in loader if len(x) == cfg.train.batch_size]
     if not batches:
-        raise ValueError("bench runtime: client 0 has no full training batch; add data")
+        raise UserError("bench runtime: client 0 has no full training batch; add data")
     name = ("nc", "-") if cfg.scheme == "nc" else (cfg.scheme, cfg.codec)
     return _Variant(name, client, ledger, batches, [])
 

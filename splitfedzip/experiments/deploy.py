@@ -21,8 +21,9 @@ import numpy as np
 import torch
 
 from ..config import Config, dump_config
-from ..data import build_federated_data
+from ..data import build_federated_data, client_data, folder_dataset
 from ..data.build import num_classes_for
+from ..errors import RunFailure, UserError
 from ..metrics.ledger import Ledger
 from ..parties.client import Client, ClientResult
 from ..parties.federation_server import FederationServer
@@ -44,7 +45,7 @@ def split_target(target: str) -> tuple[str, int]:
     """``HOST:PORT`` (``[v6]:PORT`` too) -> (host, port)."""
     host, sep, port = target.rpartition(":")
     if not sep or not host or not port.isdigit():
-        raise ValueError(f"address {target!r}: expected HOST:PORT")
+        raise UserError(f"address {target!r}: expected HOST:PORT")
     return host.strip("[]"), int(port)
 
 
@@ -111,7 +112,7 @@ def _serve_party(
 ) -> Ledger:
     ledger = Ledger()
     if until_clients is None:
-        until_clients = cfg.data.partition.num_clients()
+        until_clients = cfg.data.num_clients()
     try:
         asyncio.run(
             _serve(
@@ -136,7 +137,7 @@ def serve_federation(
     until_clients: int | None = None,
 ) -> Ledger:
     """Run the federation server until every client has left (or a signal); returns its ledger."""
-    n = cfg.data.partition.num_clients()
+    n = cfg.data.num_clients()
     torch.manual_seed(cfg.train.seed)
     party = FederationServer(cfg, _num_classes(cfg), n)
     return _serve_party(
@@ -197,6 +198,31 @@ def client_result_from_json(text: str) -> tuple[ClientResult, int | None]:
     return ClientResult(**raw), test_images
 
 
+def _client_sets(
+    cfg: Config, client_id: int, data_root: str | Path | None, test_root: str | Path | None
+):
+    """This client's (train, val, test or None): from its own folder when it has one (``--data-
+    root`` or ``data.client_roots``), else its share of the data set built from the config."""
+    d, n = cfg.data, cfg.data.num_clients()
+    if not 0 <= client_id < n:
+        raise UserError(f"--client-id {client_id}: the config has {n} clients")
+    if data_root is None and d.client_roots:
+        data_root = d.client_roots[client_id]
+    if data_root is None:
+        data = build_federated_data(d, cfg.train.seed)
+        own = data.clients[client_id]
+        return own.train, own.val, data.test if client_id == 0 else None
+    # Only this client's folder is read; client 0, the tester, also reads its test folder.
+    own = client_data(d, cfg.train.seed, client_id, data_root)
+    test = None
+    if client_id == 0:
+        test_root = test_root or d.test_root
+        if test_root is None:
+            raise UserError("client 0 tests the final model: give --test-root (or data.test_root)")
+        test = folder_dataset(d, test_root)
+    return own.train, own.val, test
+
+
 def run_client(
     cfg: Config,
     client_id: int,
@@ -210,15 +236,17 @@ def run_client(
     connect_timeout: float = 60.0,
     request_timeout: float | None = 600.0,
     progress: bool = False,
+    data_root: str | Path | None = None,
+    test_root: str | Path | None = None,
 ) -> ClientResult:
-    """Run one client against the two servers; writes its ledger and result when paths are given."""
+    """Run one client against the two servers; writes its ledger and result when paths are given.
+
+    ``data_root``: this client's own folder (it reads no other); ``test_root``: client 0's test
+    folder. Without them the client takes its share of the data set the config describes.
+    """
     device = resolve_device(cfg.train.device)
     torch.manual_seed(cfg.train.seed)
-    data = build_federated_data(cfg.data, cfg.train.seed)
-    if not 0 <= client_id < len(data.clients):
-        raise ValueError(f"--client-id {client_id}: the config has {len(data.clients)} clients")
-    own = data.clients[client_id]
-    test = data.test if client_id == 0 else None  # client 0 is the tester, as in train
+    train, val, test = _client_sets(cfg, client_id, data_root, test_root)
     ledger = Ledger()
 
     async def go() -> ClientResult:
@@ -234,8 +262,7 @@ def run_client(
             )
             try:
                 client = Client(
-                    client_id, cfg, data.num_classes if cfg.model.num_classes is None
-                    else cfg.model.num_classes, own.train, own.val, main, federation, device,
+                    client_id, cfg, _num_classes(cfg), train, val, main, federation, device,
                     test=test, progress=progress,
                 )  # fmt: skip
                 return await client.run()
@@ -291,9 +318,9 @@ class _Processes:
         self.procs[name] = (proc, path)
         return proc
 
-    def failure(self, name: str, why: str) -> RuntimeError:
+    def failure(self, name: str, why: str) -> RunFailure:
         path = self.procs[name][1]
-        return RuntimeError(f"{name} {why}; see {path}:\n{_tail(path)}")
+        return RunFailure(f"{name} {why}; see {path}:\n{_tail(path)}")
 
     def status(self, name: str, deadline: float) -> int:
         """Wait for ``name`` to exit by ``deadline``; its exit status."""
@@ -321,6 +348,17 @@ class _Processes:
                 proc.wait()
 
 
+def _folders(cfg: Config, client: int) -> list[str]:
+    """A client process's own data options: its folder and (client 0) the test folder."""
+    d = cfg.data
+    if not d.client_roots:
+        return []
+    folders = ["--data-root", str(d.client_roots[client])]
+    if client == 0 and d.test_root is not None:
+        folders += ["--test-root", str(d.test_root)]
+    return folders
+
+
 def launch(
     cfg: Config,
     out_dir: str | Path,
@@ -339,7 +377,7 @@ def launch(
         stale.unlink()
     config_path = out / "config.yaml"
     config_path.write_text(dump_config(cfg))
-    n = cfg.data.partition.num_clients()
+    n = cfg.data.num_clients()
     common = ["--config", str(config_path), "--max-message-mb", str(max_message_mb)]
     server_sec, client_sec = ["--insecure"], [["--insecure"] for _ in range(n)]
     if not insecure:
@@ -393,6 +431,7 @@ def launch(
                 "--main", main, "--federation", fed,
                 "--ledger", str(parts / f"ledger-client-{i}.csv"),
                 "--result", str(parts / f"client-{i}.json"), "--connect-timeout", "120",
+                *_folders(cfg, i),
             )  # fmt: skip
             procs.start(f"client-{i}", command, env)
         procs.wait("client-0", deadline)  # the tester: without it there is no result
@@ -424,7 +463,7 @@ def launch(
         results.append(result)
         test_images = images if images is not None else test_images
     if test_images is None:
-        raise RuntimeError("no client reported test metrics")
+        raise RunFailure("no client reported test metrics")
     summary = build_summary(cfg, ledger, results, test_images)
     summary["wall_seconds"] = time.perf_counter() - start
     summary["device"] = str(resolve_device(cfg.train.device))

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Config
+from ..errors import UserError
 from ..metrics import bd_metric, bd_rate
 from .train import run_embedded, write_outputs
 
@@ -51,7 +52,7 @@ def bd_table(points: list[dict[str, Any]], anchor: str, method: str) -> list[dic
     for p in points:
         curves.setdefault(p["variant"], []).append(p)
     if anchor not in curves:
-        raise ValueError(f"anchor {anchor!r} is not among the variants {sorted(curves)}")
+        raise UserError(f"anchor {anchor!r} is not among the variants {sorted(curves)}")
     rows = []
     ref = curves[anchor]
     for name, pts in curves.items():
@@ -97,7 +98,7 @@ def read_points(path: Path) -> list[dict[str, Any]]:
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
     if not rows or "variant" not in rows[0] or "test_mji" not in rows[0]:
-        raise ValueError(f"{path}: not a curves.csv written by splitfedzip sweep")
+        raise UserError(f"{path}: not a curves.csv written by splitfedzip sweep")
     return [
         {k: v if k == "variant" else (float(v) if v != "" else None) for k, v in r.items()}
         for r in rows

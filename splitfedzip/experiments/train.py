@@ -16,6 +16,7 @@ import torch
 
 from ..config import Config, dump_config
 from ..data import FederatedData, build_federated_data
+from ..errors import UserError
 from ..metrics.history import HISTORY_COLUMNS, epoch_history
 from ..metrics.ledger import Ledger
 from ..metrics.summary import summarize
@@ -32,7 +33,7 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"train.device: {name!r} requested but CUDA is not available")
+        raise UserError(f"train.device: {name!r} requested but CUDA is not available")
     return torch.device(name)
 
 

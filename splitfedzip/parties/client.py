@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from ..codecs import codec_id
 from ..config import Config
+from ..errors import RunFailure
 from ..metrics.history import EXAMPLES, prediction_examples
 from ..metrics.segmentation import SegmentationMeter, soft_dice_loss
 from ..transport.base import Channel
@@ -34,10 +35,14 @@ from .messages import (
     tensor_message,
     weights_frame,
 )
-from .models import SCHEMES, ClientModel, crossing_codec, exchanged_state
+from .models import SCHEMES, ClientModel, crossing_codec, exchanged_state, split_shape
 from .rng import RngScope
 
 log = logging.getLogger(__name__)
+
+
+class Diverged(RunFailure):
+    """Training went numerically wrong: a loss is no longer a finite number."""
 
 
 @dataclass
@@ -99,6 +104,11 @@ class Client:
             await self.begin_round(ids)
             if r > 0:  # validate the global model averaged at the end of round r-1
                 val = await self.validate(ids)
+                if not math.isfinite(val):
+                    raise Diverged(
+                        f"client {self.cid}: the global model of round {r} gives validation "
+                        f"loss {val}: the federated model diverged"
+                    )
                 await self._control(self.federation, ids, {"type": "val_report", "loss": val})
                 result.history.append({"round": r - 1, "global_val_loss": val})
             if r == cfg.train.rounds:
@@ -137,6 +147,13 @@ class Client:
             result.train_spans.append((tic, time.time()))
             result.train_batches += batches
             val = await self.validate(ids.at(phase=Phase.VAL))
+            if not (math.isfinite(train_loss) and math.isfinite(val)):
+                # Weights that are no longer numbers: selecting or submitting them means nothing.
+                raise Diverged(
+                    f"client {self.cid}: training diverged in round {ids.round} epoch {e} "
+                    f"(training loss {train_loss}, validation loss {val}); try a lower train.lr "
+                    "or codec_options.lr, or codec_options.clip_norm"
+                )
             await self._control(self.main, ids, {"type": "epoch_end", "val_loss": val})
             # Batches are full but for the last (drop_last=False), so this counts the images.
             images = min(batches * cfg.train.batch_size, len(self.train_set))
@@ -240,7 +257,8 @@ class Client:
             out1 = self.s1f.forward(s1)
             enc = self.s1f.encode(s1)
         reply = await self.main.request(*tensor_message(ids, Kind.FEATURE, Split.S1, s1.shape, enc))
-        s2 = receive(self.rx_s2f, frames(reply), Kind.FEATURE, "S2 features")
+        shape = split_shape(self.cfg, x.shape[0])
+        s2 = receive(self.rx_s2f, frames(reply), Kind.FEATURE, "S2 features", shape)
         with self.rng.active(), torch.enable_grad():
             s2.requires_grad_(True)
             skip_leaf = skip.detach().requires_grad_(True)
@@ -254,7 +272,7 @@ class Client:
         reply = await self.main.request(
             *tensor_message(ids, Kind.GRADIENT, Split.S2, g2.shape, enc)
         )
-        g1 = receive(self.rx_s1g, frames(reply), Kind.GRADIENT, "S1 gradient")
+        g1 = receive(self.rx_s1g, frames(reply), Kind.GRADIENT, "S1 gradient", tuple(s1.shape))
         with self.rng.active(), torch.enable_grad():
             # The decoded S1 gradient enters through the live codec's reconstruction; the skip
             # connection's gradient is local. Codec losses add their rate and distortion terms.
@@ -292,7 +310,8 @@ class Client:
             bids = ids.at(batch=b)
             message = tensor_message(bids, Kind.FEATURE, Split.S1, s1.shape, enc)
             reply = await self.main.request(*message)
-            s2 = receive(self.rx_s2f, frames(reply), Kind.FEATURE, "S2 features")
+            shape = split_shape(self.cfg, x.shape[0])
+            s2 = receive(self.rx_s2f, frames(reply), Kind.FEATURE, "S2 features", shape)
             with torch.no_grad():
                 logits = self.model.back_end(s2, skip)
                 losses.append(float(soft_dice_loss(logits, y)))

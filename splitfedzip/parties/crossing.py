@@ -19,12 +19,21 @@ import torch
 from torch import Tensor
 
 from ..codecs import ClassicCodec, Codec, CodecOutput, ErrorFeedback, codec_id, codec_label
+from ..codecs.streams import SymbolMismatch
 from ..config import CodecConfig
+from ..errors import RunFailure
 from ..wire import Frame, pack_state, unpack_state
 
 
-class SyncError(RuntimeError):
+class SyncError(ValueError):
     """A frame was coded with a codec version the receiver does not hold."""
+
+
+class IntegrityError(RunFailure):
+    """A receiver decoded other symbols than the sender coded: the two sides' decoders disagree."""
+
+    #: How a server reports it to the client whose tensor it was (gRPC's status for corruption).
+    status = "DATA_LOSS"
 
 
 @dataclass
@@ -218,17 +227,26 @@ class CodecReceiver:
         self.version = version
 
     @torch.no_grad()
-    def decode(self, frame: Frame) -> Tensor:
-        """Decode a feature or gradient frame into a tensor on this party's device."""
+    def decode(self, frame: Frame, what: str = "tensor") -> Tensor:
+        """Decode a feature or gradient frame (``what``, e.g. "S1 features") into a tensor on
+        this party's device; :class:`IntegrityError` if the symbols differ from the sender's."""
         h = frame.header
         expected = codec_id(self.codec)
         if h.codec != expected:
             raise SyncError(
                 f"frame coded with {codec_label(h.codec)}, expected {codec_label(expected)}"
             )
-        if self.codec.learned and h.codec_version != self.version:
+        if self.codec.learned and (self.version == 0 or h.codec_version != self.version):
             raise SyncError(
                 f"frame coded with codec version {h.codec_version}, receiver holds "
-                f"{self.version}: a codec sync is missing"
+                f"{self.version or 'none yet'}: a codec sync is missing"
             )
-        return self.codec.decompress(frame.payload, h.shape).to(self.device)
+        try:
+            return self.codec.decompress(frame.payload, h.shape).to(self.device)
+        except SymbolMismatch as e:
+            raise IntegrityError(
+                f"{what} of client {h.client}, round {h.round} epoch {h.epoch} batch {h.batch} "
+                f"({h.phase.label}), {codec_label(h.codec)} codec version {h.codec_version}: {e}. "
+                "The receiver's decoder disagrees with the sender's (another device, library or "
+                "thread set-up?); the tensor was not used"
+            ) from None

@@ -9,15 +9,30 @@ import math
 from collections.abc import Callable
 from dataclasses import asdict
 
+import torch
 from torch import Tensor
 
 from ..config import Config
 from ..federation import SUBMIT, VALIDATE, Rounds, fedavg
 from ..transport.base import Handler, Reply
-from .messages import Ids, ProtocolError, control_frame, control_of, frames, state_of, weights_frame
+from .messages import (
+    Ids,
+    ProtocolError,
+    control_frame,
+    control_of,
+    frames,
+    integer_of,
+    number_of,
+    state_of,
+    weights_frame,
+)
 from .models import ClientModel, exchanged_state
 
 log = logging.getLogger(__name__)
+
+
+class SubmissionRefused(ProtocolError):
+    """A client's model cannot be averaged: other keys, shapes or dtypes, or values not finite."""
 
 
 class FederationServer(Handler):
@@ -26,6 +41,9 @@ class FederationServer(Handler):
     A round closes when every expected client has submitted; a client whose connection is lost,
     or that is still missing ``federation.round_timeout`` seconds after the round's first
     submission, is dropped and the round is averaged over the others (weights renormalised).
+    A submission is checked on arrival against the global model (keys, shapes, dtypes, finite
+    values): a bad one is refused with an error to its sender, which is dropped from the round,
+    so averaging never meets it.
     Requests that wait for a round answer ``wait`` after ``poll_seconds``, and the client asks
     again, so no single request outlives the transport's timeout.
 
@@ -71,6 +89,9 @@ class FederationServer(Handler):
         msgs = frames(request)
         msg = control_of(msgs[0])
         h = msgs[0].header
+        for f in msgs:
+            if f.header.client != client:
+                raise ProtocolError(f"frame names client {f.header.client}, sender is {client}")
         ids = Ids(h.round, h.epoch, 0, client, h.phase)
         kind = msg["type"]
         if kind == "join":
@@ -84,13 +105,12 @@ class FederationServer(Handler):
             head = {"type": "global", "participants": self.participants.get(h.round - 1, [])}
             return Reply(control_frame(ids, head) + weights_frame(ids, self.globals[h.round]))
         if kind == "submit":
-            if len(msgs) != 2:
-                raise ProtocolError("submit must carry one weights frame")
-            value = (state_of(msgs[1]), int(msg["train_samples"]))
+            value = await self._submission(client, h.round, msg, msgs[1:])
             accepted = await self._arrive(SUBMIT, h.round, client, value)
             return Reply(control_frame(ids, {"type": "ack", "accepted": accepted}))
         if kind == "val_report":
-            accepted = await self._arrive(VALIDATE, h.round, client, float(msg["loss"]))
+            self._check_round(client, h.round, "val_report", first=1)
+            accepted = await self._arrive(VALIDATE, h.round, client, number_of(msg, "loss"))
             return Reply(control_frame(ids, {"type": "ack", "accepted": accepted}))
         if kind == "best_global":
             final = self.cfg.train.rounds
@@ -108,6 +128,35 @@ class FederationServer(Handler):
             r = self.in_progress
             self.rounds.drop(client, r, "dropped", "connection lost")
             self._settle()
+
+    def _check_round(self, client: int, r: int, what: str, first: int = 0) -> None:
+        if not first <= r <= self.in_progress:
+            raise ProtocolError(
+                f"client {client}: {what} for round {r}, but round {self.in_progress} is the "
+                "latest in progress"
+            )
+
+    async def _submission(
+        self, client: int, r: int, msg: dict, rest: list
+    ) -> tuple[dict[str, Tensor], int]:
+        """The submitted (state, samples), in the global model's key order; refused when it
+        cannot be averaged with the global model."""
+        self._check_round(client, r, "submit")
+        samples = integer_of(msg, "train_samples", minimum=1)
+        if len(rest) != 1:
+            raise ProtocolError(f"client {client}: submit must carry one weights frame")
+        try:
+            state = state_of(rest[0])
+            problem = _mismatch(state, self.globals[0])
+        except ValueError as e:
+            problem = str(e)
+        if problem is None:
+            return {k: state[k] for k in self.globals[0]}, samples
+        async with self._cond:
+            self.rounds.drop(client, r, "refused", problem)
+            self._settle()  # the others need not wait for it
+        log.warning("client %d: round %d submission refused: %s", client, r, problem)
+        raise SubmissionRefused(f"client {client}: round {r} submission refused: {problem}")
 
     def _record(self) -> dict:
         """The best_global answer: the round chosen, each round's participants and validation,
@@ -173,3 +222,21 @@ class FederationServer(Handler):
             closed = True
         if closed:
             self._cond.notify_all()
+
+
+def _mismatch(state: dict[str, Tensor], reference: dict[str, Tensor]) -> str | None:
+    """Why ``state`` cannot be averaged with ``reference``; None when it can."""
+    missing = [k for k in reference if k not in state]
+    extra = [k for k in state if k not in reference]
+    if missing or extra:
+        return f"keys differ from the global model's: missing {missing[:3]}, unexpected {extra[:3]}"
+    for key, ref in reference.items():
+        value = state[key]
+        if value.shape != ref.shape or value.dtype != ref.dtype:
+            return (
+                f"{key!r} is {value.dtype} {tuple(value.shape)}, the global model's "
+                f"{ref.dtype} {tuple(ref.shape)}"
+            )
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            return f"{key!r} holds values that are not finite"
+    return None

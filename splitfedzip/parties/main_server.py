@@ -3,7 +3,9 @@ shared model trained client after client (V2), and the codecs it sends with."""
 
 from __future__ import annotations
 
+import asyncio
 import copy
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -18,16 +20,21 @@ from .crossing import CodecReceiver, CodecSender
 from .messages import (
     Ids,
     ProtocolError,
+    clients_of,
     control_frame,
     control_of,
     expect,
     frames,
+    integer_of,
+    number_of,
     receive,
     sync_frame,
     tensor_message,
 )
-from .models import ServerModel, crossing_codec, exchanged_state
+from .models import ServerModel, crossing_codec, exchanged_state, split_shape
 from .rng import RngScope
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -59,8 +66,14 @@ class MainServer(Handler):
 
     The federation server decides who took part in a round; each client relays that list when
     it starts the next round, and the replicas those clients selected are averaged (V1). Every
-    client must relay the same list. Nothing here waits for another client, so a client that
-    drops out cannot hold the main server up.
+    client must relay the same list. In V1 nothing here waits for another client, so a client
+    that drops out cannot hold the main server up.
+
+    V2 trains one shared model. A client's training batch holds it from the forward pass until
+    its gradient has been applied (another client's optimiser step in between would change, in
+    place, weights the first client's graph saved): the others' training batches wait their
+    turn, in arrival order. A client that holds the turn longer than ``federation.round_timeout``
+    loses that batch; one that disconnects gives the turn up.
     """
 
     def __init__(self, cfg: Config, num_classes: int, device: torch.device):
@@ -72,6 +85,9 @@ class MainServer(Handler):
         #: round -> the clients whose replicas were averaged into global round + 1
         self.participants: dict[int, list[int]] = {}
         self._shared = self._make_replica() if cfg.federation.variant == "v2" else None
+        #: V2: whose training batch holds the shared model between forward pass and gradient.
+        self._turn = asyncio.Lock() if self._shared is not None else None
+        self._holder: int | None = None
         #: round -> client -> (the selected replica's state, its training samples)
         self._selected: dict[int, dict[int, tuple[dict[str, Tensor], int]]] = {}
 
@@ -94,24 +110,66 @@ class MainServer(Handler):
         """Answer one message from ``client``."""
         msgs = frames(request)
         head = msgs[0]
-        if head.header.client != client:
-            raise ProtocolError(f"frame names client {head.header.client}, sender is {client}")
+        for f in msgs:
+            if f.header.client != client:
+                raise ProtocolError(f"frame names client {f.header.client}, sender is {client}")
         if head.header.kind == Kind.CONTROL:
             return self._control(control_of(head), head, msgs[1:], client)
         # A tensor message: the tensor frame last, a codec sync ahead of it when one was due.
         tensor = msgs[-1].header
         if tensor.kind == Kind.FEATURE and tensor.phase == Phase.TRAIN:
-            return self._forward_train(self._peer(client), msgs)
+            peer = self._peer(client)
+            await self._take_turn(client)
+            try:
+                return self._forward_train(peer, msgs)
+            except BaseException:
+                self._end_turn(client)
+                raise
         if tensor.kind == Kind.FEATURE:
             return self._forward_eval(self._peer(client), msgs)
         if tensor.kind == Kind.GRADIENT:
-            return self._backward(self._peer(client), msgs)
+            try:
+                return self._backward(self._peer(client), msgs)
+            finally:
+                self._forget_batch(client)
         raise ProtocolError(f"main server does not accept {tensor.kind.label} frames here")
 
     async def disconnected(self, client: int) -> None:
         """Forget the lost client's half-done batch; its selected replicas stay for averaging."""
+        self._forget_batch(client)
+
+    def _forget_batch(self, client: int) -> None:
         if client in self.peers:
             self.peers[client].pending = None
+        self._end_turn(client)
+
+    # --- V2: one training batch at a time on the shared model ------------------------------
+
+    async def _take_turn(self, client: int) -> None:
+        """Wait until no other client's training batch holds the shared model (V2 only)."""
+        if self._turn is None or self._holder == client:
+            return
+        limit = self.cfg.federation.round_timeout
+        while True:
+            holder = self._holder
+            if holder is not None:
+                log.debug("client %d waits for client %d's batch", client, holder)
+            try:
+                await asyncio.wait_for(self._turn.acquire(), limit)
+                break
+            except TimeoutError:
+                if holder is not None and self._holder == holder:
+                    log.warning(
+                        "client %d held the shared model for %g s; its batch is dropped",
+                        holder, limit,
+                    )  # fmt: skip
+                    self._forget_batch(holder)
+        self._holder = client
+
+    def _end_turn(self, client: int) -> None:
+        if self._turn is not None and self._holder == client:
+            self._holder = None
+            self._turn.release()
 
     # --- control -------------------------------------------------------------------------
 
@@ -119,26 +177,32 @@ class MainServer(Handler):
         ids = Ids(head.header.round, head.header.epoch, 0, client, head.header.phase)
         kind = msg["type"]
         if kind == "join":
+            samples = integer_of(msg, "train_samples", minimum=1)
             # A rejoining client starts afresh: a new replica, new codec receivers.
+            self._forget_batch(client)
             replica = self._shared or self._make_replica()
             self.peers[client] = Peer(
                 replica,
                 CodecReceiver(crossing_codec(self.cfg, "feature"), self.device),
                 CodecReceiver(crossing_codec(self.cfg, "gradient"), self.device),
                 RngScope(self.cfg.train.seed * 1000 + 500 + client),
-                int(msg["train_samples"]),
+                samples,
             )
         elif kind == "round_start":
-            self._round_start(self._peer(client), ids.round, msg.get("participants", []))
+            peer = self._peer(client)
+            self._forget_batch(client)
+            self._round_start(peer, ids.round, clients_of(msg, "participants"))
         elif kind == "sync":
             return self._sync(self._peer(client), ids, rest)
         elif kind == "epoch_end":
-            self._epoch_end(self._peer(client), ids.epoch, float(msg["val_loss"]))
+            self._epoch_end(self._peer(client), ids.epoch, number_of(msg, "val_loss"))
         elif kind == "select":
-            self._select(client, ids.round, int(msg["epoch"]))
+            self._select(client, ids.round, integer_of(msg, "epoch"))
         elif kind == "test_start":
             self._test_start(self._peer(client), ids.round)
-        elif kind != "bye":
+        elif kind == "bye":
+            self._forget_batch(client)
+        else:
             raise ProtocolError(f"main server: unknown control message {kind!r}")
         return Reply(control_frame(ids, {"type": "ack"}))
 
@@ -220,9 +284,16 @@ class MainServer(Handler):
 
     # --- per batch -----------------------------------------------------------------------
 
+    def _s1_shape(self, msgs: list[Frame]) -> tuple[int, ...]:
+        """The shape S1 features must have: a batch of 1 to ``train.batch_size`` images."""
+        dims, most = msgs[-1].header.shape, self.cfg.train.batch_size
+        if not dims or not 1 <= dims[0] <= most:
+            raise ProtocolError(f"S1 features: shape {dims}, expected a batch of 1 to {most}")
+        return split_shape(self.cfg, dims[0])
+
     def _forward_train(self, peer: Peer, msgs: list[Frame]) -> Reply:
         h = msgs[-1].header
-        s1 = receive(peer.rx_s1f, msgs, Kind.FEATURE, "S1 features")
+        s1 = receive(peer.rx_s1f, msgs, Kind.FEATURE, "S1 features", self._s1_shape(msgs))
         pixels = s1.shape[0] * 4 * s1.shape[2] * s1.shape[3]  # S1 is half the input size
         rep = peer.replica
         with peer.rng.active(), torch.enable_grad():
@@ -238,7 +309,7 @@ class MainServer(Handler):
 
     def _forward_eval(self, peer: Peer, msgs: list[Frame]) -> Reply:
         h = msgs[-1].header
-        s1 = receive(peer.rx_s1f, msgs, Kind.FEATURE, "S1 features")
+        s1 = receive(peer.rx_s1f, msgs, Kind.FEATURE, "S1 features", self._s1_shape(msgs))
         rep = peer.replica
         with torch.no_grad():
             rep.model.eval()
@@ -252,8 +323,8 @@ class MainServer(Handler):
         h = msgs[-1].header
         if peer.pending is None:
             raise ProtocolError(f"client {h.client}: S2 gradient without a pending forward pass")
-        g2 = receive(peer.rx_s2g, msgs, Kind.GRADIENT, "S2 gradient")
         s1, s2, out, pixels = peer.pending
+        g2 = receive(peer.rx_s2g, msgs, Kind.GRADIENT, "S2 gradient", tuple(s2.shape))
         peer.pending = None
         rep = peer.replica
         with peer.rng.active(), torch.enable_grad():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -24,7 +25,7 @@ from ..wire import (
 from .crossing import CodecReceiver, Encoded
 
 
-class ProtocolError(RuntimeError):
+class ProtocolError(ValueError):
     """A party received a message it did not expect at this point of the protocol."""
 
 
@@ -70,13 +71,26 @@ def tensor_message(
     return sync_frame(ids, split, enc.codec, enc.version, enc.sync) + frame, {1: enc.est_bits}
 
 
-def receive(rx: CodecReceiver, message: list[Frame], kind: Kind, what: str) -> Tensor:
-    """Install the snapshot sync that may precede a tensor frame, then decode the tensor."""
+def receive(
+    rx: CodecReceiver,
+    message: list[Frame],
+    kind: Kind,
+    what: str,
+    shape: tuple[int, ...] | None = None,
+) -> Tensor:
+    """Install the snapshot sync that may precede a tensor frame, then decode the tensor.
+
+    ``shape`` is the shape the tensor must have: checked before decoding, so that a peer's
+    header never sizes what the decoder allocates.
+    """
     *syncs, frame = message
     for sync in syncs:
         h = expect(sync, Kind.CODEC_SYNC, f"a codec sync ahead of the {what}").header
         rx.sync(h.codec_version, sync.payload)
-    return rx.decode(expect(frame, kind, what))
+    frame = expect(frame, kind, what)
+    if shape is not None and frame.header.shape != tuple(shape):
+        raise ProtocolError(f"{what}: shape {frame.header.shape}, expected {tuple(shape)}")
+    return rx.decode(frame, what)
 
 
 def control_frame(ids: Ids, message: dict[str, Any]) -> bytes:
@@ -116,6 +130,38 @@ def control_of(frame: Frame, *types: str) -> dict[str, Any]:
     if types and msg["type"] not in types:
         raise ProtocolError(f"expected control message {'/'.join(types)}, got {msg['type']!r}")
     return msg
+
+
+def integer_of(msg: dict[str, Any], key: str, minimum: int = 0) -> int:
+    """An integer field of a control message, at least ``minimum``."""
+    value = msg.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ProtocolError(
+            f"control message {msg['type']!r}: {key} must be an integer >= {minimum}, got {value!r}"
+        )
+    return value
+
+
+def number_of(msg: dict[str, Any], key: str) -> float:
+    """A finite number field of a control message."""
+    value = msg.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ProtocolError(
+            f"control message {msg['type']!r}: {key} must be a finite number, got {value!r}"
+        )
+    return float(value)
+
+
+def clients_of(msg: dict[str, Any], key: str) -> list[int]:
+    """A list of client ids in a control message."""
+    value = msg.get(key, [])
+    if not isinstance(value, list) or any(
+        isinstance(c, bool) or not isinstance(c, int) or c < 0 for c in value
+    ):
+        raise ProtocolError(
+            f"control message {msg['type']!r}: {key} must be a list of client ids, got {value!r}"
+        )
+    return value
 
 
 def state_of(frame: Frame) -> dict[str, Tensor]:

@@ -34,6 +34,12 @@ def crossing_codec(cfg: Config, kind: str) -> Codec:
     )
 
 
+def split_shape(cfg: Config, batch: int) -> tuple[int, int, int, int]:
+    """The shape of a tensor crossing S1 or S2 (both at half the input size) for ``batch``."""
+    half = cfg.data.image_size // 2
+    return (batch, split_channels(cfg.model.base_width), half, half)
+
+
 def exchanged_state(module: nn.Module) -> dict[str, Tensor]:
     """The state a party exchanges for averaging: weights and BN statistics, no coder tables."""
     return {k: v.detach().cpu() for k, v in module.state_dict().items() if not k.endswith(_TABLES)}

@@ -11,8 +11,10 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
+from ..errors import RunFailure
 
-class TransportError(RuntimeError):
+
+class TransportError(RunFailure):
     """A peer went away, refused the message, or did not answer in time."""
 
     def __init__(self, message: str, status: str | None = None) -> None:

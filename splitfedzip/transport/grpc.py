@@ -5,8 +5,8 @@ client writes a request message and reads the answer, strictly in turn. An empty
 client's goodbye: a stream that ends without one is a client that dropped out, and the serving
 party is told. The server checks the client's identity when the stream opens (a per-client
 token, and/or the CN ``client-N`` of a mutual-TLS certificate), validates every request's frames
-before the party sees them, and answers a bad request with an error status that ends that
-client's stream only.
+(intact, within the size limit, naming that client) before the party sees them, and answers a
+bad request with an error status that ends that client's stream only.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from typing import Any
 import grpc
 import grpc.aio
 
+from ..errors import UserError
 from ..metrics.ledger import Ledger
 from ..wire import FrameError, read_frames
 from .base import Channel, Handler, TransportError
@@ -89,9 +90,9 @@ class ServerSecurity:
 
     def __post_init__(self) -> None:
         if self.insecure and self.tls is not None:
-            raise ValueError("--insecure and TLS files are mutually exclusive")
+            raise UserError("--insecure and TLS files are mutually exclusive")
         if not self.insecure and (self.tls is None or not (self.tls.cert and self.tls.key)):
-            raise ValueError("a server needs --tls-cert and --tls-key, or --insecure")
+            raise UserError("a server needs --tls-cert and --tls-key, or --insecure")
 
     @property
     def mutual_tls(self) -> bool:
@@ -109,12 +110,21 @@ class ClientSecurity:
 
     def __post_init__(self) -> None:
         if self.insecure and self.tls is not None:
-            raise ValueError("--insecure and TLS files are mutually exclusive")
+            raise UserError("--insecure and TLS files are mutually exclusive")
         if not self.insecure and (self.tls is None or self.tls.ca is None):
-            raise ValueError("a client needs --tls-ca (the server's CA), or --insecure")
+            raise UserError("a client needs --tls-ca (the server's CA), or --insecure")
+
+
+class ForeignFrame(ValueError):
+    """A request holds a frame that names another client than the stream's."""
+
+    status = "PERMISSION_DENIED"
 
 
 def _status_for(exc: BaseException) -> grpc.StatusCode:
+    named = getattr(type(exc), "status", None)  # an error that names its own status
+    if isinstance(named, str) and named in grpc.StatusCode.__members__:
+        return grpc.StatusCode[named]
     if isinstance(exc, FrameError):
         return grpc.StatusCode.INVALID_ARGUMENT
     if isinstance(exc, ValueError | KeyError | IndexError):
@@ -217,7 +227,12 @@ class PartyService:
         self, message: bytes, client: int, context: grpc.aio.ServicerContext
     ) -> bytes:
         try:
-            read_frames(message, max_payload=self.max_message)
+            for frame in read_frames(message, max_payload=self.max_message):
+                if frame.header.client != client:
+                    raise ForeignFrame(
+                        f"a frame names client {frame.header.client}, but this stream is "
+                        f"client {client}'s"
+                    )
             reply = await self.handler.handle(message, client)
             if not isinstance(reply.message, bytes):
                 raise TypeError(f"handler answered {type(reply.message).__name__}, not bytes")
