@@ -143,7 +143,9 @@ def test_presets_span_six_decades_of_lambda(name):
         lams = preset.lambdas[codec]
         assert math.log10(max(lams) / min(lams)) >= 6 and len(set(lams)) >= 4
     plan = make_plan(preset)
-    per_dataset = preset.seeds * (1 + len(preset.schemes) * sum(map(len, preset.lambdas.values())))
+    classic = sum(max(1, len(v)) for v in preset.classic.values())  # fp16: one run, no knob
+    points = sum(map(len, preset.lambdas.values())) + classic
+    per_dataset = preset.seeds * (1 + len(preset.schemes) * points)
     assert len(plan.runs) == len(preset.datasets) * per_dataset
     names = [r.name for r in plan.runs]
     assert len(set(names)) == len(names)

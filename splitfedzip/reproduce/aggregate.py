@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from ..config import LEARNED_CODECS
 from ..experiments.sweep import RATES, bd_table
 from .plan import Run
 
@@ -28,6 +29,10 @@ CURVE_KEYS = (
 BPP_COLUMNS = ("bpp_s1_feature", "bpp_s2_feature", "bpp_s2_gradient", "bpp_s1_gradient")
 #: BD compares the test codec against the anchor codec, per dataset and scheme (Table 1).
 ANCHOR, TEST = "ae", "cheng2020-attn"
+#: A variant matches NC when its test MJI reaches NC's minus this.
+NC_MARGIN = 0.01
+#: The rate the NC-match table ranks variants by.
+REACH_RATE = "bpp_t"
 
 
 def run_rows(runs: Iterable[Run], out: Path) -> list[dict[str, Any]]:
@@ -39,6 +44,8 @@ def run_rows(runs: Iterable[Run], out: Path) -> list[dict[str, Any]]:
         except (OSError, ValueError):
             continue  # not finished: left out of every table
         row = {"dataset": run.dataset, "variant": run.variant, "lambda": run.lmbda}
+        row |= {"knob": run.knob[0] if run.knob else None,
+                "knob_value": run.knob[1] if run.knob else None}  # fmt: skip
         row |= {"seed": run.seed} | {k: _number(summary.get(k)) for k in RUN_KEYS}
         for split in ("s1", "s2"):
             cr = row[f"cr_{split}"]
@@ -53,14 +60,15 @@ def _number(value: Any) -> float:
 
 
 def curve_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean and std over seeds per (dataset, variant, λ), in the order the runs came."""
+    """Mean and std over seeds per (dataset, variant, λ or knob), in the order the runs came."""
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for r in rows:
-        groups.setdefault((r["dataset"], r["variant"], r["lambda"]), []).append(r)
+        key = (r["dataset"], r["variant"], r["lambda"], r.get("knob"), r.get("knob_value"))
+        groups.setdefault(key, []).append(r)
     out = []
-    for (dataset, variant, lam), group in groups.items():
+    for (dataset, variant, lam, knob, value), group in groups.items():
         row: dict[str, Any] = {"dataset": dataset, "variant": variant, "lambda": lam}
-        row["n"] = len(group)
+        row |= {"knob": knob, "knob_value": value, "n": len(group)}
         for key in CURVE_KEYS:
             values = np.array([g[key] for g in group], dtype=np.float64)
             row[f"{key}_mean"], row[f"{key}_std"] = _mean_std(values)
@@ -77,8 +85,10 @@ def _mean_std(values: np.ndarray) -> tuple[float, float]:
     return float(np.mean(values)), std
 
 
-def bd_rows(curves: Sequence[dict[str, Any]], schemes: Sequence[str]) -> list[dict[str, Any]]:
-    """Table 1: BD of the test codec against the anchor, per dataset, scheme and rate.
+def bd_rows(
+    curves: Sequence[dict[str, Any]], schemes: Sequence[str], tests: Sequence[str] = (TEST,)
+) -> list[dict[str, Any]]:
+    """Table 1: BD of each test codec against the anchor, per dataset, scheme and rate.
 
     Points are the seed means; the fit is the sweep's choice (cubic given 4 distinct values,
     else PCHIP). A comparison that cannot be made has no numbers and says why.
@@ -86,18 +96,27 @@ def bd_rows(curves: Sequence[dict[str, Any]], schemes: Sequence[str]) -> list[di
     out = []
     for dataset in dict.fromkeys(c["dataset"] for c in curves):
         for scheme in schemes:
-            anchor, test = f"{scheme}-{ANCHOR}", f"{scheme}-{TEST}"
-            points = [_point(c) for c in curves if c["dataset"] == dataset]
-            points = [p for p in points if p["variant"] in (anchor, test)]
-            head = {"dataset": dataset, "scheme": scheme}
-            missing = [v for v in (anchor, test) if all(p["variant"] != v for p in points)]
-            if missing:
-                error = f"no finished {' or '.join(missing)} runs"
-                out += [head | _empty(test, anchor, rate, error) for rate in RATES]
-                continue
-            for row in bd_table(points, anchor, "auto"):
-                out.append(head | row | _overlaps(points, anchor, test, row["rate"]))
+            for codec in tests:
+                out += _bd_pair(curves, dataset, scheme, f"{scheme}-{ANCHOR}", f"{scheme}-{codec}")
     return out
+
+
+def _bd_pair(
+    curves: Sequence[dict[str, Any]], dataset: str, scheme: str, anchor: str, test: str
+) -> list[dict[str, Any]]:
+    """The BD rows of one test variant against the anchor."""
+    points = [_point(c) for c in curves if c["dataset"] == dataset]
+    points = [p for p in points if p["variant"] in (anchor, test)]
+    head = {"dataset": dataset, "scheme": scheme}
+    missing = [v for v in (anchor, test) if all(p["variant"] != v for p in points)]
+    if missing:
+        error = f"no finished {' or '.join(missing)} runs"
+        return [head | _empty(test, anchor, rate, error) for rate in RATES]
+    if sum(p["variant"] == test for p in points) < 2:
+        error = f"{test} has a single point (no knob to sweep): no curve to integrate"
+        return [head | _empty(test, anchor, rate, error) for rate in RATES]
+    return [head | row | _overlaps(points, anchor, test, row["rate"])
+            for row in bd_table(points, anchor, "auto")]  # fmt: skip
 
 
 def _point(curve: dict[str, Any]) -> dict[str, Any]:
@@ -124,6 +143,49 @@ def _overlaps(points: list[dict[str, Any]], anchor: str, test: str, rate: str) -
         lo, hi = max(r[0] for r in ranges), min(r[1] for r in ranges)
         ok = lo < hi  # False as well when a range is NaN
         out[f"{name}_lo"], out[f"{name}_hi"] = (lo, hi) if ok else (None, None)
+    return out
+
+
+def setting(curve: dict[str, Any]) -> str:
+    """``λ=10``, ``bits=4``, ``topk_fraction=0.01``, or empty (NC, fp16, bf16)."""
+    if curve["lambda"] is not None:
+        return f"λ={curve['lambda']:g}"
+    if curve.get("knob"):
+        return f"{curve['knob']}={curve['knob_value']:g}"
+    return ""
+
+
+def is_learned(variant: str) -> bool:
+    """Whether a ``<scheme>-<codec>`` variant's codec is a learned one."""
+    return variant.partition("-")[2] in LEARNED_CODECS
+
+
+def reach_rows(curves: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per dataset and variant: the cheapest point (in REACH_RATE) whose seed-mean test MJI
+    reaches NC's minus NC_MARGIN, and the variant's best MJI; no row without an NC run."""
+    out = []
+    for dataset in dict.fromkeys(c["dataset"] for c in curves):
+        mine = [c for c in curves if c["dataset"] == dataset]
+        nc = next((c for c in mine if c["variant"] == "nc"), None)
+        if nc is None or not np.isfinite(nc["test_mji_mean"]):
+            continue
+        target = nc["test_mji_mean"] - NC_MARGIN
+        for variant in dict.fromkeys(c["variant"] for c in mine if c["variant"] != "nc"):
+            pts = [c for c in mine if c["variant"] == variant and np.isfinite(c["test_mji_mean"])
+                   and c[f"{REACH_RATE}_mean"] > 0]  # fmt: skip
+            if not pts:
+                continue
+            ok = [c for c in pts if c["test_mji_mean"] >= target]
+            cheapest = min(ok, key=lambda c: c[f"{REACH_RATE}_mean"]) if ok else None
+            top = max(pts, key=lambda c: c["test_mji_mean"])
+            out.append({
+                "dataset": dataset, "variant": variant, "nc_mji": nc["test_mji_mean"],
+                "target_mji": target, "setting": setting(cheapest) if cheapest else None,
+                "rate": cheapest[f"{REACH_RATE}_mean"] if cheapest else None,
+                "test_mji": cheapest["test_mji_mean"] if cheapest else None,
+                "best_setting": setting(top), "best_mji": top["test_mji_mean"],
+                "best_rate": top[f"{REACH_RATE}_mean"],
+            })  # fmt: skip
     return out
 
 

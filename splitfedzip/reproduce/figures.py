@@ -21,11 +21,19 @@ CROSSING_LABELS = dict(zip(BPP_COLUMNS, ("S1 features", "S2 features", "S2 gradi
                                          "S1 gradients"), strict=True))  # fmt: skip
 #: Scheme -> line style, codec -> marker and colour family (the same in every figure).
 LINES = {"f": "--", "g": ":", "fg": "-"}
-MARKERS = {"ae": "o", "cheng2020-attn": "s"}
+MARKERS = {"ae": "o", "cheng2020-attn": "s", "fp16": "P", "bf16": "X", "int": "D", "topk": "v",
+           "randtopk": "^"}  # fmt: skip
 COLORS = {
     "f-ae": "tab:blue", "f-cheng2020-attn": "tab:orange", "g-ae": "tab:purple",
     "g-cheng2020-attn": "tab:brown", "fg-ae": "tab:red", "fg-cheng2020-attn": "tab:cyan",
+    # Classic codecs: greys and olives, so that the learned codecs stand out.
+    "f-fp16": "dimgray", "fg-fp16": "black", "f-bf16": "silver", "fg-bf16": "gray",
+    "f-int": "yellowgreen", "fg-int": "olive", "f-topk": "gold", "fg-topk": "darkgoldenrod",
+    "f-randtopk": "pink", "fg-randtopk": "tab:pink", "g-fp16": "lightgray", "g-bf16": "gainsboro",
+    "g-int": "darkkhaki", "g-topk": "khaki", "g-randtopk": "thistle",
 }  # fmt: skip
+#: How a classic codec's knob value labels its points.
+KNOB_LABELS = {"bits": "{:g}b", "topk_fraction": "{:.3g}"}
 NC_COLOR = "tab:green"
 #: Class colours of masks: background black, then distinct hues.
 MASK_COLORS = ["black", "tab:orange", "tab:cyan", "tab:pink", "tab:olive", "tab:blue", "white"]
@@ -49,14 +57,22 @@ def _variants(curves: Sequence[dict[str, Any]]) -> list[str]:
     return list(dict.fromkeys(c["variant"] for c in curves if c["variant"] != "nc"))
 
 
+def _order(curve: dict[str, Any]) -> float:
+    """A curve point's place along its variant's grid: λ, or the classic codec's knob."""
+    if curve["lambda"] is not None:
+        return curve["lambda"]
+    value = curve.get("knob_value")
+    return 0.0 if value is None else value
+
+
 def rate_accuracy(curves: Sequence[dict[str, Any]], dataset: str, path: Path) -> None:
     """Figs. 2/3: MJI vs BPP-S1, BPP-S2 and BPP-T, one curve per variant, NC as a line."""
     mine = [c for c in curves if c["dataset"] == dataset]
-    fig = Figure(figsize=(14, 4.3), layout="constrained")
+    fig = Figure(figsize=(15.5, 4.3), layout="constrained")
     axes = fig.subplots(1, 3, sharey=True)
     for ax, (rate, label) in zip(axes, RATE_LABELS.items(), strict=True):
         for variant in _variants(mine):
-            pts = sorted((c for c in mine if c["variant"] == variant), key=lambda c: c["lambda"])
+            pts = sorted((c for c in mine if c["variant"] == variant), key=_order)
             pts = [c for c in pts if c[f"{rate}_mean"] > 0 and np.isfinite(c["test_mji_mean"])]
             if pts:
                 ax.errorbar(
@@ -65,16 +81,31 @@ def rate_accuracy(curves: Sequence[dict[str, Any]], dataset: str, path: Path) ->
                     yerr=_err([c["test_mji_std"] for c in pts]),
                     label=variant, capsize=2, markersize=4, **_style(variant),
                 )  # fmt: skip
+                _label_knobs(ax, pts, rate)
         _nc_line(ax, [c for c in mine if c["variant"] == "nc"])
         _log_x(ax)
         ax.set_xlabel(f"{label} (bits per input pixel)")
         ax.grid(True, which="both", alpha=0.3)
     axes[0].set_ylabel("test MJI")
-    if axes[0].get_legend_handles_labels()[0]:
-        axes[0].legend(fontsize=8, loc="lower right")
+    handles, labels = axes[0].get_legend_handles_labels()
+    if handles:
+        # Beside the panels: with the classic codecs there are too many curves to cover one.
+        fig.legend(handles, labels, fontsize=8, loc="outside right center")
     seeds = max((c["n"] for c in mine), default=0)
-    fig.suptitle(f"{dataset}: rate-accuracy, one point per λ (mean ± std over {seeds_text(seeds)})")
+    fig.suptitle(
+        f"{dataset}: rate-accuracy, one point per λ or per classic codec setting "
+        f"(mean ± std over {seeds_text(seeds)})"
+    )
     files.save_figure(fig, path)
+
+
+def _label_knobs(ax: Any, pts: Sequence[dict[str, Any]], rate: str) -> None:
+    """Write a classic codec's knob value (``4b``, ``0.01``) beside each of its points."""
+    for c in pts:
+        fmt = KNOB_LABELS.get(c.get("knob") or "")
+        if fmt is not None and c["lambda"] is None:
+            ax.annotate(fmt.format(c["knob_value"]), (c[f"{rate}_mean"], c["test_mji_mean"]),
+                        textcoords="offset points", xytext=(3, 3), fontsize=6)  # fmt: skip
 
 
 def seeds_text(n: int) -> str:
@@ -109,7 +140,8 @@ def compression_ratio(
     axes = fig.subplots(len(datasets), len(schemes), squeeze=False, sharex=True)
     for row, dataset in zip(axes, datasets, strict=True):
         for ax, scheme in zip(row, schemes, strict=True):
-            mine = [c for c in curves if c["dataset"] == dataset]
+            # Classic codecs have no λ: only the learned ones are drawn against it.
+            mine = [c for c in curves if c["dataset"] == dataset and c["lambda"] is not None]
             for variant in (v for v in _variants(mine) if v.partition("-")[0] == scheme):
                 pts = sorted((c for c in mine if c["variant"] == variant),
                              key=lambda c: c["lambda"])  # fmt: skip

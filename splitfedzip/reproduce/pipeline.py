@@ -13,12 +13,14 @@ from .plan import Plan
 from .runner import Outcome, run_queue
 
 #: Columns of runs.csv and curves.csv, in order.
-RUN_COLUMNS = ("dataset", "variant", "lambda", "seed", *aggregate.RUN_KEYS, "log10_cr_s1",
-               "log10_cr_s2")  # fmt: skip
-CURVE_COLUMNS = ("dataset", "variant", "lambda", "n",
+RUN_COLUMNS = ("dataset", "variant", "lambda", "knob", "knob_value", "seed", *aggregate.RUN_KEYS,
+               "log10_cr_s1", "log10_cr_s2")  # fmt: skip
+CURVE_COLUMNS = ("dataset", "variant", "lambda", "knob", "knob_value", "n",
                  *(f"{k}_{s}" for k in aggregate.CURVE_KEYS for s in ("mean", "std")))  # fmt: skip
 BD_COLUMNS = ("dataset", "scheme", "variant", "anchor", "rate", "method", "bd_rate_percent",
               "bd_mji", "mji_lo", "mji_hi", "ln_rate_lo", "ln_rate_hi", "error")  # fmt: skip
+REACH_COLUMNS = ("dataset", "variant", "nc_mji", "target_mji", "setting", "rate", "test_mji",
+                 "best_setting", "best_mji", "best_rate")  # fmt: skip
 
 
 @dataclass
@@ -58,15 +60,18 @@ def reproduce(
     result = Reproduction(plan, out, jobs, outcomes)
     rows = aggregate.run_rows(plan.runs, out)
     curves = aggregate.curve_rows(rows)
-    bd = aggregate.bd_rows(curves, plan.preset.schemes)
+    tests = (aggregate.TEST, *plan.preset.classic)
+    bd = aggregate.bd_rows(curves, plan.preset.schemes, tests)
+    reach = aggregate.reach_rows(curves)
     files.write_csv(out / "runs.csv", rows, RUN_COLUMNS)
     files.write_csv(out / "curves.csv", curves, CURVE_COLUMNS)
     files.write_csv(out / "bd.csv", bd, BD_COLUMNS)
+    files.write_csv(out / "reach.csv", reach, REACH_COLUMNS)
     result.artifacts = draw(plan, out, curves)
     result.seconds = time.perf_counter() - start
-    files.write_text(out / "report.md", report.render(result, rows, curves, bd))
+    files.write_text(out / "report.md", report.render(result, rows, curves, bd, reach))
     drawn = sum(a.path is not None for a in result.artifacts)
-    log(f"wrote {out}/report.md, runs.csv, curves.csv, bd.csv and {drawn} figures")
+    log(f"wrote {out}/report.md, runs.csv, curves.csv, bd.csv, reach.csv and {drawn} figures")
     return result
 
 
@@ -85,12 +90,12 @@ def draw(plan: Plan, out: Path, curves: list[dict]) -> list[Artifact]:
         figures.rate_accuracy(curves, d, path)
         arts.append(Artifact(title, path, report.READ["ra"]))
     title = "Compression ratio vs λ (paper Fig. 4)"
-    if any(c["variant"] != "nc" for c in curves):
+    if any(c["lambda"] is not None for c in curves):
         path = out / "fig-cr-lambda.png"
         figures.compression_ratio(curves, datasets, plan.preset.schemes, path)
         arts.append(Artifact(title, path, report.READ["cr"]))
     else:
-        arts.append(Artifact(title, None, report.READ["cr"], "no finished compressing runs"))
+        arts.append(Artifact(title, None, report.READ["cr"], "no finished learned-codec runs"))
     for d in datasets:
         arts.append(_training_bpp(plan, out, d))
     for d in datasets:

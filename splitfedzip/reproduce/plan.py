@@ -11,12 +11,26 @@ from typing import Any
 
 import yaml
 
-from ..config import CODECS, DATASETS, Config, ConfigError, apply_overrides, dump_config, from_dict
+from ..config import (
+    CLASSIC_CODECS,
+    DATASETS,
+    LEARNED_CODECS,
+    Config,
+    ConfigError,
+    apply_overrides,
+    dump_config,
+    from_dict,
+)
 
 #: Folder of the preset files ``reproduce-<name>.yaml``.
 PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"
+#: Each classic codec's knob, the ``codec_options`` key its grid sweeps in place of λ (None:
+#: no knob, one run per scheme and seed).
+KNOBS = {"fp16": None, "bf16": None, "int": "bits", "topk": "topk_fraction",
+         "randtopk": "topk_fraction"}  # fmt: skip
 #: Keys the grid sets on every run; ``--set`` may not change them.
-GRID_KEYS = ("scheme", "codec", "lambda", "train.seed", "data.dataset")
+GRID_KEYS = ("scheme", "codec", "lambda", "train.seed", "data.dataset",
+             *sorted({f"codec_options.{k}" for k in KNOBS.values() if k}))  # fmt: skip
 #: Schemes whose curves are drawn and compared (``nc`` is run once per seed, outside the grid).
 GRID_SCHEMES = ("f", "g", "fg")
 
@@ -37,7 +51,8 @@ class FigureOptions:
 
 @dataclass(frozen=True)
 class Preset:
-    """A reproduction's scale and grid: the base run config, datasets, schemes, codecs, λ, seeds."""
+    """A reproduction's scale and grid: the base run config, datasets, schemes, codecs, λ, seeds,
+    and the classic codecs with their knobs' grids."""
 
     name: str
     #: Base run configuration (``splitfedzip train``'s YAML keys) shared by every run.
@@ -49,6 +64,8 @@ class Preset:
     lambdas: Mapping[str, tuple[float, ...]]
     seeds: int
     figures: FigureOptions = field(default_factory=FigureOptions)
+    #: Classic codec -> its knob's grid (``KNOBS``; empty for a codec without one).
+    classic: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         """Check the grid, so that a bad preset fails before any run starts."""
@@ -56,11 +73,19 @@ class Preset:
         _need(all(d in DATASETS for d in self.datasets), f"datasets: each one of {DATASETS}")
         _need(bool(self.schemes), "schemes: give at least one")
         _need(all(s in GRID_SCHEMES for s in self.schemes), f"schemes: each one of {GRID_SCHEMES}")
-        _need(all(c in CODECS for c in self.codecs), f"codecs: each one of {CODECS}")
+        learned = LEARNED_CODECS
+        _need(all(c in learned for c in self.codecs), f"codecs: each one of {learned}")
         for c in self.codecs:
             lams = self.lambdas.get(c)
             _need(bool(lams), f"lambdas: no grid for codec {c!r}")
             _need(all(x > 0 and math.isfinite(x) for x in lams), f"lambdas.{c}: must be > 0")
+        for c, values in self.classic.items():
+            _need(c in CLASSIC_CODECS, f"classic: {c!r} is not one of {CLASSIC_CODECS}")
+            knob = KNOBS[c]
+            if knob is None:
+                _need(not values, f"classic.{c}: has no knob; give [] (one run per point)")
+            else:
+                _need(bool(values), f"classic.{c}: give the grid of codec_options.{knob}")
         _need(self.seeds >= 1, "seeds: must be >= 1")
 
 
@@ -71,10 +96,12 @@ class Run:
     dataset: str
     #: ``nc``, or ``<scheme>-<codec>``.
     variant: str
-    #: None for ``nc`` (no rate term, λ plays no part).
+    #: None for ``nc`` and the classic codecs (no rate term, λ plays no part).
     lmbda: float | None
     seed: int
     config: Config
+    #: A classic codec's knob (its ``codec_options`` key) and value; None otherwise.
+    knob: tuple[str, float] | None = None
 
     @property
     def path(self) -> Path:
@@ -82,6 +109,8 @@ class Run:
         parts = [self.dataset, self.variant]
         if self.lmbda is not None:
             parts.append(f"lambda-{self.lmbda:g}")
+        if self.knob is not None:
+            parts.append(f"{self.knob[0]}-{self.knob[1]:g}")
         return Path(*parts, f"seed-{self.seed}")
 
     @property
@@ -123,7 +152,8 @@ def load_preset(name_or_path: str | Path) -> Preset:
 def preset_from_dict(raw: Mapping[str, Any], default_name: str = "custom") -> Preset:
     """Build a :class:`Preset` from a preset file's mapping."""
     _need(isinstance(raw, Mapping), "the top level must be a mapping")
-    keys = {"name", "run", "datasets", "schemes", "codecs", "lambdas", "seeds", "figures"}
+    keys = {"name", "run", "datasets", "schemes", "codecs", "lambdas", "seeds", "figures",
+            "classic"}  # fmt: skip
     unknown = set(raw) - keys
     _need(not unknown, f"unknown keys {sorted(unknown)} (known: {sorted(keys)})")
     figures = dict(raw.get("figures") or {})
@@ -134,6 +164,7 @@ def preset_from_dict(raw: Mapping[str, Any], default_name: str = "custom") -> Pr
     except TypeError as e:
         raise ConfigError(f"reproduce preset: figures: {e}") from e
     lambdas = {c: tuple(float(x) for x in v) for c, v in (raw.get("lambdas") or {}).items()}
+    classic = {c: tuple(v or ()) for c, v in (raw.get("classic") or {}).items()}
     return Preset(
         name=str(raw.get("name", default_name)),
         run=dict(raw.get("run") or {}),
@@ -143,6 +174,7 @@ def preset_from_dict(raw: Mapping[str, Any], default_name: str = "custom") -> Pr
         lambdas=lambdas,
         seeds=int(raw.get("seeds", 1)),
         figures=options,
+        classic=classic,
     )
 
 
@@ -195,7 +227,12 @@ def make_plan(
                 for codec in preset.codecs:
                     for lam in preset.lambdas[codec]:
                         runs.append(_run(base, dataset, scheme, codec, lam, seed))
-    _check_shapes(bases, preset.codecs)
+                for codec, values in preset.classic.items():
+                    knob = KNOBS[codec]
+                    for value in values if knob else (None,):
+                        setting = None if value is None else (knob, value)
+                        runs.append(_run(base, dataset, scheme, codec, None, seed, setting))
+    _check_shapes(bases, (*preset.codecs, *preset.classic))
     return Plan(preset, bases, tuple(runs), count)
 
 
@@ -208,17 +245,38 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return raw
 
 
-def _run(base: Config, dataset: str, scheme: str, codec: str | None, lam: float | None, seed: int):
-    """One run: the base config with the grid's keys set."""
+def _run(
+    base: Config,
+    dataset: str,
+    scheme: str,
+    codec: str | None,
+    lam: float | None,
+    seed: int,
+    knob: tuple[str, float] | None = None,
+) -> Run:
+    """One run: the base config with the grid's keys set.
+
+    A classic codec's run sets its knob and λ = 1: with no rate term, the loss is NC's.
+    """
     raw = base.to_dict()
     raw["scheme"] = scheme
     if codec is not None:
         raw["codec"] = codec
     if lam is not None:
         raw["lambda"] = lam
+    if codec in CLASSIC_CODECS:
+        raw["lambda"] = 1.0
+    if knob is not None:
+        key, value = knob
+        raw["codec_options"][key] = int(value) if key == "bits" and value == int(value) else value
     raw["train"]["seed"] = seed
     variant = "nc" if codec is None else f"{scheme}-{codec}"
-    return Run(dataset, variant, lam, seed, from_dict(raw))
+    where = variant + ("" if knob is None else f" {knob[0]}={knob[1]:g}")
+    try:
+        config = from_dict(raw)
+    except ConfigError as e:
+        raise ConfigError(f"reproduce preset: {dataset} {where}: {e}") from e
+    return Run(dataset, variant, lam, seed, config, knob)
 
 
 def _check_shapes(bases: Mapping[str, Config], codecs: Sequence[str]) -> None:
@@ -231,6 +289,8 @@ def _check_shapes(bases: Mapping[str, Config], codecs: Sequence[str]) -> None:
         channels = split_channels(cfg.model.base_width)
         for name in codecs:
             codec = make_codec(name, channels, latent_channels=cfg.codec_options.latent_channels)
+            if not codec.learned:
+                continue  # any tensor will do
             try:
                 codec.check_shape((1, channels, side, side))
             except ValueError as e:

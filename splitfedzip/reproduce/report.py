@@ -7,13 +7,16 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from .aggregate import NC_MARGIN, is_learned, setting
+
 if TYPE_CHECKING:
     from .pipeline import Reproduction
 
 #: One line per figure kind saying how to read it.
 READ = {
-    "ra": "Each point is one λ (mean over seeds, bars ± one std in both axes); further up and to "
-    "the left is better; the green line is NC's test MJI (band: ± one std).",
+    "ra": "Each point is one λ, or one setting of a classic codec's knob, written beside it "
+    "(bits, or the fraction top-k keeps); mean over seeds, bars ± one std in both axes; further "
+    "up and to the left is better; the green line is NC's test MJI (band: ± one std).",
     "cr": "log10 of the compression ratio of the test features at S1 (solid) and S2 (dashed) "
     "against λ; a larger λ weighs distortion more, so the ratio falls as λ grows.",
     "bpp": "Training BPP of each crossing (mean over clients and seeds) per local epoch (left, "
@@ -22,22 +25,34 @@ READ = {
     "predictions at growing λ, each titled with that image's MJI.",
 }
 TABLE_1 = (
-    "BD-BPP: mean rate difference (%) of cheng2020-attn against the ae anchor at equal MJI "
-    "(negative: fewer bits); BD-MJI: mean MJI difference at equal rate; each over the overlap "
-    "interval shown; a row without numbers says why."
+    "BD-BPP: mean rate difference (%) of each codec (cheng2020-attn, and the classic codecs "
+    "over their knob's grid) against the ae anchor at equal MJI (negative: fewer bits); BD-MJI: "
+    "mean MJI difference at equal rate; each over the overlap interval shown; a row without "
+    "numbers says why."
+)
+REACH = (
+    f"The cheapest point (seed means; BPP-T of the test pass) at which each variant's test MJI "
+    f"reaches NC's minus {NC_MARGIN:g}, and its best MJI. A point of the grid, not an "
+    "interpolation: a finer grid may reach it at a lower rate."
 )
 CURVES = (
     "Mean ± std over seeds of each variant at each λ; CR is the compression ratio of the test "
     "features, bytes are what crossed the split points (and in total) during training."
 )
 FILES = (
-    "`runs.csv` (one row per run), `curves.csv` (seed means and stds), `bd.csv` (Table 1), and "
-    "each run's folder `<dataset>/<scheme>-<codec>/lambda-<λ>/seed-<s>/` (`nc/seed-<s>/`)."
+    "`runs.csv` (one row per run), `curves.csv` (seed means and stds), `bd.csv` (Table 1), "
+    "`reach.csv` (the rate that reaches NC), and each run's folder "
+    "`<dataset>/<scheme>-<codec>/lambda-<λ>/seed-<s>/` (classic codecs: `<knob>-<value>/` in "
+    "place of `lambda-<λ>/`, none for fp16 and bf16; NC: `nc/seed-<s>/`)."
 )
 
 
 def render(
-    r: Reproduction, rows: Sequence[dict], curves: Sequence[dict], bd: Sequence[dict]
+    r: Reproduction,
+    rows: Sequence[dict],
+    curves: Sequence[dict],
+    bd: Sequence[dict],
+    reach: Sequence[dict] = (),
 ) -> str:
     """The whole report as Markdown."""
     lines = [f"# SplitFedZip reproduction: preset `{r.plan.preset.name}`", ""]
@@ -45,7 +60,9 @@ def render(
     for dataset in r.plan.bases:
         lines += [f"## Curves: {dataset}", "", CURVES, ""]
         lines += _curves_table([c for c in curves if c["dataset"] == dataset]) + [""]
-    lines += ["## Table 1: BD of cheng2020-attn against ae", "", TABLE_1, ""]
+    lines += [f"## The rate that reaches NC − {NC_MARGIN:g}", "", REACH, ""]
+    lines += _reach(reach, r.plan.bases) + [""]
+    lines += ["## Table 1: BD against ae", "", TABLE_1, ""]
     lines += _bd_table(bd) + [""]
     lines += ["## Figures", ""]
     for a in r.artifacts:
@@ -82,12 +99,16 @@ def _config(r: Reproduction) -> list[str]:
     """The grid and each dataset's base run configuration."""
     p = r.plan.preset
     lams = "; ".join(f"{c}: {', '.join(f'{x:g}' for x in p.lambdas[c])}" for c in p.codecs)
+    classic = "; ".join(f"{c}: {', '.join(f'{x:g}' for x in v) or 'one run'}"
+                        for c, v in p.classic.items())  # fmt: skip
     lines = [
         "## Configuration", "",
         f"- Datasets: {', '.join(r.plan.bases)}; seeds (train.seed): 0..{r.plan.seeds - 1}.",
         f"- Schemes: {', '.join(p.schemes)}; codecs: {', '.join(p.codecs)}; "
         f"NC once per dataset and seed.",
         f"- λ grids: {lams}.",
+        *([f"- Classic codecs and their knobs' grids (bits; top-k fraction), at λ = 1: "
+           f"{classic}."] if p.classic else []),
         "",
     ]  # fmt: skip
     for dataset in r.plan.bases:
@@ -99,11 +120,11 @@ def _config(r: Reproduction) -> list[str]:
 
 def _curves_table(curves: Sequence[dict]) -> list[str]:
     """Markdown table of one dataset's curve points."""
-    head = ["variant", "λ", "n", "MJI", "BPP-S1", "BPP-S2", "BPP-T", "log10 CR-S1",
+    head = ["variant", "λ or knob", "n", "MJI", "BPP-S1", "BPP-S2", "BPP-T", "log10 CR-S1",
             "split MB", "total MB"]  # fmt: skip
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for c in curves:
-        cells = [c["variant"], "-" if c["lambda"] is None else f"{c['lambda']:g}", str(c["n"])]
+        cells = [c["variant"], setting(c) or "-", str(c["n"])]
         cells += [_pm(c, "test_mji", ".3f"), _pm(c, "bpp_s1", ".3g"), _pm(c, "bpp_s2", ".3g"),
                   _pm(c, "bpp_t", ".3g"), _pm(c, "log10_cr_s1", ".2f"),
                   _pm(c, "bytes_split", ".3g", 1e-6),
@@ -114,16 +135,66 @@ def _curves_table(curves: Sequence[dict]) -> list[str]:
 
 def _bd_table(bd: Sequence[dict]) -> list[str]:
     """Markdown table of the BD rows."""
-    head = ["dataset", "scheme", "rate", "fit", "BD-BPP %", "BD-MJI", "MJI overlap",
+    head = ["dataset", "scheme", "codec", "rate", "fit", "BD-BPP %", "BD-MJI", "MJI overlap",
             "BPP overlap", "note"]  # fmt: skip
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for b in bd:
-        cells = [b["dataset"], b["scheme"].upper(), b["rate"], b.get("method") or "-",
+        codec = b["variant"].partition("-")[2]
+        cells = [b["dataset"], b["scheme"].upper(), codec, b["rate"], b.get("method") or "-",
                  _num(b.get("bd_rate_percent"), ".2f"), _num(b.get("bd_mji"), ".4f"),
                  _interval(b, "mji", ".3f"), _interval(b, "ln_rate", ".3g", math.exp),
                  (b.get("error") or "").replace("|", "/")]  # fmt: skip
         out.append("| " + " | ".join(cells) + " |")
     return out
+
+
+def _reach(reach: Sequence[dict], datasets: Sequence[str]) -> list[str]:
+    """Per dataset: which variant reaches NC − margin at the lowest rate, said plainly, and the
+    table of every variant."""
+    out: list[str] = []
+    for dataset in datasets:
+        mine = [x for x in reach if x["dataset"] == dataset]
+        if not mine:
+            out += [f"{dataset}: no finished NC and compressing runs to compare.", ""]
+            continue
+        out += [f"**{dataset}.** " + _verdict(mine), ""]
+        head = ["variant", "reaches it at (BPP-T)", "with", "MJI there", "best MJI (BPP-T, with)"]
+        out += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for x in sorted(mine, key=lambda x: (x["rate"] is None, x["rate"] or 0.0)):
+            rate = "not reached" if x["rate"] is None else f"{x['rate']:.3g}"
+            best = f"{x['best_mji']:.3f} ({x['best_rate']:.3g}, {x['best_setting'] or '-'})"
+            cells = [x["variant"], rate, x["setting"] or "-", _num(x["test_mji"], ".3f"), best]
+            out.append("| " + " | ".join(cells) + " |")
+        out.append("")
+    return out
+
+
+def _verdict(rows: Sequence[dict]) -> str:
+    """Plain sentences: the cheapest learned and classic codec to reach NC − margin (or the
+    closest to it), and how many times fewer bits the winner needs."""
+    text = [f"NC's test MJI is {rows[0]['nc_mji']:.3f}, the mark {rows[0]['target_mji']:.3f}."]
+    cheapest = {}
+    for learned, name in ((True, "learned"), (False, "classic")):
+        family = [x for x in rows if is_learned(x["variant"]) == learned]
+        reached = [x for x in family if x["rate"] is not None]
+        if reached:
+            x = cheapest[name] = min(reached, key=lambda x: x["rate"])
+            text.append(f"Cheapest {name} codec to reach it: {_named(x, 'setting')} at "
+                        f"{x['rate']:.3g} BPP-T.")  # fmt: skip
+        elif family:
+            x = max(family, key=lambda x: x["best_mji"])
+            text.append(f"No {name} codec reaches it; the closest is {_named(x, 'best_setting')}, "
+                        f"MJI {x['best_mji']:.3f} at {x['best_rate']:.3g} BPP-T.")  # fmt: skip
+    if len(cheapest) == 2:
+        win, lose = sorted(cheapest.values(), key=lambda x: x["rate"])
+        text.append(f"{win['variant']} gets there with {lose['rate'] / win['rate']:.3g}x fewer "
+                    f"bits than {lose['variant']}.")  # fmt: skip
+    return " ".join(text)
+
+
+def _named(row: dict, key: str) -> str:
+    """``fg-int (bits=4)``; a codec with a single setting goes by its name alone."""
+    return row["variant"] + (f" ({row[key]})" if row[key] else "")
 
 
 def _pm(row: dict[str, Any], key: str, fmt: str, scale: float = 1.0) -> str:
