@@ -44,7 +44,9 @@ def unpack_control(data: bytes | bytearray | memoryview) -> dict[str, Any]:
         raise ControlError(f"control message is not UTF-8: {exc}") from None
     try:
         message = json.loads(text, parse_constant=_reject_constant)
-    except json.JSONDecodeError as exc:
+    except ControlError:
+        raise
+    except (ValueError, RecursionError) as exc:  # not JSON, nested too deep, too many digits
         raise ControlError(f"control message is not JSON: {exc}") from None
     if not isinstance(message, dict):
         raise ControlError(f"control message is a JSON {type(message).__name__}, not an object")

@@ -113,7 +113,7 @@ def _load_index(mv: memoryview) -> tuple[list, int]:
         raise StateFormatError(f"state index of {n} bytes overruns the {len(mv)}-byte buffer")
     try:
         index = json.loads(bytes(mv[_INDEX_LEN.size : start]).decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # bad UTF-8 or JSON, too deep, too many digits
         raise StateFormatError(f"state index is not valid UTF-8 JSON: {exc}") from None
     if not isinstance(index, list):
         raise StateFormatError("state index is not a JSON list")
@@ -137,7 +137,7 @@ def unpack_state(data: bytes | bytearray | memoryview) -> dict[str, torch.Tensor
             dtype = DTYPES_BY_NAME[entry["dtype"]]
             shape = [int(d) for d in entry["shape"]]
             offset, nbytes = int(entry["offset"]), int(entry["nbytes"])
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise StateFormatError(f"{name!r}: bad index entry ({exc!r})") from None
         # Tensors are stored back to back, so any gap or overlap means corruption.
         if offset != expected_offset or nbytes < 0 or offset + nbytes > len(blob):
