@@ -277,7 +277,7 @@ def test_error_feedback_carries_the_residual_into_the_next_tensor():
 def test_error_feedback_with_a_v2_server_is_refused():
     with pytest.raises(ValueError, match="codec_options.error_feedback"):
         load_config(None, ["codec=topk", "scheme=f", "codec_options.error_feedback=true",
-                           "federation.variant=v2"])  # fmt: skip
+                           "federation.variant=v2", "federation.select=last"])  # fmt: skip
 
 
 # --- a real run: nothing of theirs crosses at round boundaries ------------------------------

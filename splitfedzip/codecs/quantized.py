@@ -2,10 +2,12 @@
 
 Each group (the whole tensor, or one channel over batch and space) is mapped onto the 2^b
 levels ``lo + q * step``, ``step = (hi - lo) / (2^b - 1)``, from its own minimum and maximum
-(so the zeros of ReLU features stay exact). ``lo`` and ``step`` travel as float32. The levels
-are packed 8 // b to a byte, in order, and the bytes coded with rANS under the message's own
-histogram (``histogram.py``): the histogram of a byte is that of 8 // b neighbouring levels,
-which captures the runs of zeros in features (measured in docs/codecs.md).
+(widened to take in 0), with ``lo`` moved by less than half a step so that one level is exactly
+0: the affine quantisation of integer inference, whose zero point keeps ReLU zeros and small
+gradients at 0. ``lo`` and ``step`` travel as float32. The levels are packed 8 // b to a byte,
+in order, and the bytes coded with rANS under the message's own histogram (``histogram.py``):
+the histogram of a byte is that of 8 // b neighbouring levels, which captures the runs of zeros
+in features (measured in docs/codecs.md).
 """
 
 from __future__ import annotations
@@ -59,9 +61,13 @@ def quantize(values: Tensor, groups: Tensor, count: int, bits: int) -> tuple[Ten
     lo = values.new_full((count,), math.inf).scatter_reduce(0, groups, values, "amin")
     hi = values.new_full((count,), -math.inf).scatter_reduce(0, groups, values, "amax")
     empty = torch.isinf(lo)  # a group with no values (top-k may keep none of a channel)
-    lo, hi = torch.where(empty, 0.0, lo), torch.where(empty, 0.0, hi)
+    lo, hi = torch.where(empty, 0.0, lo).clamp(max=0), torch.where(empty, 0.0, hi).clamp(min=0)
     step = (hi - lo) / levels
     safe = torch.where(step > 0, step, torch.ones_like(step))
+    # Shift the levels so that one of them is exactly 0 (lo + zero * step == 0 in float32):
+    # small gradients then round to 0 rather than to a level up to a step away.
+    zero = torch.round(-lo / safe).clamp_(0, levels)
+    lo = -(zero * step)
     q = torch.round((values - lo[groups]) / safe[groups]).clamp_(0, levels).long()
     return q, Ranges(lo, step)
 
