@@ -96,3 +96,38 @@ def test_bench_runtime_tiny(capsys):
 def test_bench_runtime_bad_options(argv, message, capsys):
     assert main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_bad_data_file_is_one_line_naming_it(lesion_folder, capsys):
+    root = lesion_folder("site", 6)
+    (root / "images" / "ISIC_0000004.jpg").write_bytes(b"")
+    argv = [
+        "train",
+        "--no-progress",
+        "--set",
+        "data.dataset=ham10000",
+        "--set",
+        f"data.root={root}",
+    ]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("splitfedzip: error: ") and "ISIC_0000004.jpg: an empty file" in err
+    assert "Traceback" not in err
+
+
+def test_errors_are_sorted_into_the_users_the_runs_and_faults():
+    from splitfedzip.cli.main import RUN_FAILURES, USER_ERRORS
+    from splitfedzip.codecs import CodecError
+    from splitfedzip.config import ConfigError
+    from splitfedzip.data import DataError
+    from splitfedzip.parties.client import Diverged
+    from splitfedzip.parties.crossing import IntegrityError
+    from splitfedzip.parties.messages import ProtocolError
+    from splitfedzip.transport.base import TransportError
+    from splitfedzip.wire import FrameError
+
+    assert all(issubclass(e, USER_ERRORS) for e in (ConfigError, DataError, FileNotFoundError))
+    assert all(issubclass(e, RUN_FAILURES) for e in (TransportError, IntegrityError, Diverged))
+    # A fault in the program keeps its traceback, whatever its class.
+    for fault in (ValueError, KeyError, RuntimeError, ProtocolError, FrameError, CodecError):
+        assert not issubclass(fault, USER_ERRORS + RUN_FAILURES), fault

@@ -88,7 +88,15 @@ def run_embedded(cfg: Config, progress: bool = False) -> RunResult:
     p = embedded_parties(cfg, device, progress)
 
     async def run_all() -> list[ClientResult]:
-        return list(await asyncio.gather(*(c.run() for c in p.clients)))
+        tasks = [asyncio.create_task(c.run()) for c in p.clients]
+        try:
+            return list(await asyncio.gather(*tasks))
+        finally:
+            # The first client that fails ends the run: stop the others and collect their
+            # errors here, rather than have them reported again as the loop shuts down.
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     results = asyncio.run(run_all())
     summary = build_summary(cfg, p.ledger, results, len(p.data.test))

@@ -22,7 +22,7 @@ class Event:
 
     round: int
     client: int
-    event: str  # joined, rejoined, dropped, timeout, late
+    event: str  # joined, rejoined, dropped, timeout, late, refused
     detail: str = ""
 
 
