@@ -109,7 +109,9 @@ class TopKCodec(ClassicCodec):
         keep = torch.zeros_like(flat).scatter_(1, idx, 1.0).reshape(shape)
         return head + part + writer.flush(), x_hat, keep
 
-    def _groups(self, idx: Tensor, shape: tuple[int, ...], scale: Scale | None = None):
+    def _groups(
+        self, idx: Tensor, shape: tuple[int, ...], scale: Scale | None = None
+    ) -> tuple[Tensor, int]:
         """Quantiser group of each kept value (its channel, or 0) and the number of groups."""
         if (scale or self.scale) == "tensor":
             return torch.zeros(idx.numel(), dtype=torch.long, device=idx.device), 1
