@@ -49,12 +49,12 @@ Tables = tuple[list[list[int]], list[int], list[int]]
 
 
 def tables(model: EntropyModel) -> Tables:
-    """The coder tables of ``model`` (built by its ``update``)."""
-    return (
-        model._quantized_cdf.tolist(),
-        model._cdf_length.reshape(-1).int().tolist(),
-        model._offset.reshape(-1).int().tolist(),
-    )
+    """The coder tables of ``model`` (built by its ``update``), each CDF cut to its length."""
+    lengths = model._cdf_length.reshape(-1).int().tolist()
+    # The rows are padded to the longest CDF; the coder reads only ``length`` entries of each,
+    # and copying the padding into C++ on every call would cost more than the coding.
+    cdfs = [row[:n] for row, n in zip(model._quantized_cdf.tolist(), lengths, strict=True)]
+    return cdfs, lengths, model._offset.reshape(-1).int().tolist()
 
 
 def _flat(t: Tensor) -> list[int]:
@@ -153,7 +153,12 @@ class SymbolReader:
                 f"codec {self.codec!r}: CDF indexes {min(flat)}..{max(flat)} outside its "
                 f"{len(table[0])} tables"
             )
-        values = self._decoder.decode_stream(flat, *table)
+        # Hand the coder only the tables these symbols use: a raster scan reads a few symbols
+        # per call, and converting every table to C++ on each call dominated its decoding.
+        used = sorted(set(flat))
+        local = {index: i for i, index in enumerate(used)}
+        sub = [[t[i] for i in used] for t in table]
+        values = self._decoder.decode_stream([local[i] for i in flat], *sub)
         self._read += len(values)
         self._crc = _crc(values, self._crc)
         return torch.tensor(values, dtype=torch.int32).reshape(indexes.shape)
