@@ -6,7 +6,12 @@ import torch
 
 from splitfedzip.cli.main import main as cli
 from splitfedzip.config import CodecConfig, ConfigError, load_config
-from splitfedzip.experiments.train import covered_seconds, embedded_parties, run_embedded
+from splitfedzip.experiments.train import (
+    covered_seconds,
+    embedded_parties,
+    metrics_rows,
+    run_embedded,
+)
 from splitfedzip.metrics.summary import payload_bytes
 from splitfedzip.parties.client import Diverged
 from splitfedzip.parties.crossing import SyncError
@@ -84,6 +89,30 @@ def test_ledger_adds_up_to_summary(fg_run):
     assert s["bytes_total"] == ledger.total(None, ("train", "val"))
     kinds = {r.kind for r in ledger.rows}
     assert {"feature", "gradient", "weights", "codec_sync", "control"} <= kinds
+
+
+def test_metrics_rows_add_up_to_summary(fg_run):
+    # One definition of every figure: the per-round columns sum to the summary's counts.
+    s, rows = fg_run.summary, metrics_rows(fg_run)
+    for column, key in (
+        ("bytes_features", "bytes_split_features"), ("bytes_gradients", "bytes_split_gradients"),
+        ("bytes_weights", "bytes_weights"), ("bytes_codec_sync", "bytes_codec_sync"),
+        ("bytes_control", "bytes_control"), ("bytes_federation", "bytes_federation"),
+        ("bytes_total", "bytes_total"),
+    ):  # fmt: skip
+        assert sum(r[column] for r in rows) == s[key], column
+    assert s["bytes_federation"] == s["bytes_weights"] + s["bytes_codec_sync"]
+    assert s["bytes_weights"] > 0 and s["bytes_codec_sync"] > 0 and s["bytes_control"] > 0
+    for r in rows:
+        parts = ("bytes_features", "bytes_gradients", "bytes_weights", "bytes_codec_sync",
+                 "bytes_control")  # fmt: skip
+        assert r["bytes_total"] == sum(r[k] for k in parts)
+
+
+def test_summary_is_strict_json(fg_run):
+    # A class never seen is null, not a NaN token.
+    text = json.dumps(fg_run.summary, allow_nan=False)
+    assert "NaN" not in text
 
 
 def test_real_bytes_match_estimates(fg_run):

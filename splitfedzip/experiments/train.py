@@ -19,7 +19,7 @@ from ..data import FederatedData, build_federated_data
 from ..errors import UserError
 from ..metrics.history import HISTORY_COLUMNS, epoch_history
 from ..metrics.ledger import Ledger
-from ..metrics.summary import summarize
+from ..metrics.summary import strict_json, summarize
 from ..models import split_channels
 from ..parties.client import Client, ClientResult
 from ..parties.federation_server import FederationServer
@@ -128,7 +128,7 @@ def build_summary(
     summary["train_batches_per_second"] = batches / seconds if seconds > 0 else None
     summary["rounds"] = tester.rounds
     summary["events"] = tester.events
-    return summary
+    return strict_json(summary)  # null, not NaN, for a class never seen
 
 
 def covered_seconds(spans: list[tuple[float, float]]) -> float:
@@ -139,6 +139,16 @@ def covered_seconds(spans: list[tuple[float, float]]) -> float:
             total += b - max(a, end)
             end = b
     return total
+
+
+#: Ledger frame kind -> its metrics.csv column.
+BYTES_COLUMNS = {
+    Kind.FEATURE.label: "bytes_features",
+    Kind.GRADIENT.label: "bytes_gradients",
+    Kind.WEIGHTS.label: "bytes_weights",
+    Kind.CODEC_SYNC.label: "bytes_codec_sync",
+    Kind.CONTROL.label: "bytes_control",
+}
 
 
 def metrics_rows(result: RunResult) -> list[dict[str, Any]]:
@@ -154,24 +164,26 @@ def metrics_rows(result: RunResult) -> list[dict[str, Any]]:
                 row["_train"].append(h["train_loss"])
                 row["_val"].append(h["val_loss"])
     for row in result.ledger.rows:
-        if row.phase == "test" or row.round not in rounds:
+        if row.phase == "test":
             continue
-        key = {Kind.FEATURE.label: "bytes_features", Kind.GRADIENT.label: "bytes_gradients"}.get(
-            row.kind, "bytes_federation"
-        )
-        rounds[row.round][key] = rounds[row.round].get(key, 0) + row.bytes
+        # Every training and validation frame lands in its round's row (the last round's
+        # validation of the final global model included), so the rows add up to the summary.
+        rec = rounds.setdefault(row.round, {"round": row.round, "_train": [], "_val": []})
+        key = BYTES_COLUMNS[row.kind]
+        rec[key] = rec.get(key, 0) + row.bytes
     out = []
     for r in sorted(rounds):
         row = rounds[r]
+        counts = {k: row.get(k, 0) for k in BYTES_COLUMNS.values()}
         out.append({
             "round": r,
             "participants": " ".join(map(str, participants.get(r) or [])),
             "train_loss": float(np.mean(row["_train"])) if row["_train"] else None,
             "local_val_loss": float(np.mean(row["_val"])) if row["_val"] else None,
             "global_val_loss": float(np.mean(row["_global"])) if row.get("_global") else None,
-            "bytes_features": row.get("bytes_features", 0),
-            "bytes_gradients": row.get("bytes_gradients", 0),
-            "bytes_federation": row.get("bytes_federation", 0),
+            **counts,
+            "bytes_federation": counts["bytes_weights"] + counts["bytes_codec_sync"],
+            "bytes_total": sum(counts.values()),
         })  # fmt: skip
     return out
 
@@ -201,7 +213,8 @@ def write_outputs(cfg: Config, result: RunResult, out: Path) -> None:
     examples = next((r.examples for r in result.clients if r.examples is not None), None)
     if examples is not None:
         np.savez(out / "predictions.npz", **examples)
-    (out / "summary.json").write_text(json.dumps(result.summary, indent=2) + "\n")
+    summary = json.dumps(result.summary, indent=2, allow_nan=False)
+    (out / "summary.json").write_text(summary + "\n")
     (out / "checkpoints").mkdir(exist_ok=True)
     for name, state in result.checkpoints.items():
         torch.save(state, out / "checkpoints" / f"{name}.pt")

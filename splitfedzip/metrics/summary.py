@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from ..wire import CRC_SIZE, HEADER_SIZE, Kind
@@ -29,6 +30,17 @@ def bpp(ledger: Ledger, split: str, pixels: int, phase: str = "test") -> tuple[f
     return real, est
 
 
+def strict_json(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by None, so that it is strict JSON."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [strict_json(v) for v in value]
+    return value
+
+
 def summarize(
     ledger: Ledger, test: dict[str, Any], test_pixels: int, raw_split_bytes: int
 ) -> dict[str, Any]:
@@ -41,7 +53,8 @@ def summarize(
     s2, s2_est = bpp(ledger, "s2", test_pixels)
     features = ledger.total((Kind.FEATURE,), TRAINING)
     gradients = ledger.total((Kind.GRADIENT,), TRAINING)
-    federation = ledger.total(FEDERATION_KINDS, TRAINING)
+    weights = ledger.total((Kind.WEIGHTS,), TRAINING)
+    syncs = ledger.total((Kind.CODEC_SYNC,), TRAINING)
     control = ledger.total((Kind.CONTROL,), TRAINING)
     raw_bits = 8 * raw_split_bytes
     return {
@@ -60,8 +73,10 @@ def summarize(
         "bytes_split_features": features,
         "bytes_split_gradients": gradients,
         "bytes_split": features + gradients,
-        "bytes_federation": federation,
+        "bytes_weights": weights,
+        "bytes_codec_sync": syncs,
+        "bytes_federation": weights + syncs,
         "bytes_control": control,
-        "bytes_total": features + gradients + federation + control,
+        "bytes_total": features + gradients + weights + syncs + control,
         "bytes_test": ledger.total(None, ("test",)),
     }
