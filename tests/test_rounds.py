@@ -90,8 +90,10 @@ def _crash_in_round0(client: Client) -> Client:
     return client
 
 
-def test_client_dies_mid_round_and_rejoins_next_round() -> None:
-    cfg = load_config(None, [*TINY, "train.rounds=3"])
+@pytest.mark.parametrize("weights_codec", ["float32", "int8"])
+def test_client_dies_mid_round_and_rejoins_next_round(weights_codec) -> None:
+    # A restarted client holds no global model: coded updates fall back to the whole model.
+    cfg = load_config(None, [*TINY, "train.rounds=3", f"federation.weights_codec={weights_codec}"])
     main, fed, client = _parties(cfg)
 
     async def dies_then_rejoins() -> None:

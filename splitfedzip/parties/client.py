@@ -12,12 +12,20 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from ..codecs import codec_id
 from ..config import Config
 from ..errors import RunFailure
+from ..federation.weights import (
+    WEIGHTS_CODECS,
+    UpdateError,
+    decode_update,
+    encode_update,
+    state_digest,
+)
 from ..metrics.history import EXAMPLES, prediction_examples
 from ..metrics.segmentation import SegmentationMeter, soft_dice_loss
 from ..transport.base import Channel
@@ -25,6 +33,8 @@ from ..wire import Frame, Kind, Phase, Split
 from .crossing import CodecReceiver, CodecSender
 from .messages import (
     Ids,
+    ProtocolError,
+    coded_weights_frame,
     control_frame,
     control_of,
     expect,
@@ -92,6 +102,12 @@ class Client:
         self.rng = RngScope(cfg.train.seed * 1000 + 17 + cid)
         self._loader_gen = torch.Generator().manual_seed(cfg.train.seed * 1000 + 31 + cid)
         self.opt: torch.optim.Optimizer | None = None
+        self.weights_codec = cfg.federation.weights_codec
+        #: (round, state) of the last global model installed: the reference of coded updates.
+        #: The initial global model is derived here as the federation server derives it.
+        self.reference: tuple[int, dict[str, Tensor]] | None = None
+        if self.weights_codec != "float32":
+            self.reference = (0, exchanged_state(ClientModel(cfg, num_classes, cfg.train.seed)))
 
     # --- the run -------------------------------------------------------------------------
 
@@ -172,22 +188,64 @@ class Client:
         ids = ids.at(epoch=best_epoch)
         await self._control(self.main, ids, {"type": "select", "epoch": best_epoch})
         message = control_frame(ids, {"type": "submit", "train_samples": len(self.train_set)})
-        message += weights_frame(ids, exchanged_state(self.model))
+        if self.reference is None:
+            message += weights_frame(ids, exchanged_state(self.model))
+        else:
+            # The update to the global model this round started from, which the server holds.
+            held, state = self.reference
+            payload, _ = encode_update(exchanged_state(self.model), state, self.weights_codec)
+            message += coded_weights_frame(ids, WEIGHTS_CODECS[self.weights_codec], held, payload)
         ack = control_of(frames(await self.federation.request(message))[0], "ack")
         if not ack["accepted"]:
             log.warning("client %d: round %d closed before this submission", self.cid, ids.round)
 
     async def _load_global(self, ids: Ids) -> list[int]:
         """Install global round ``ids.round``; returns who took part in the round before."""
-        reply = await self._poll(self.federation, control_frame(ids, {"type": "get_global"}))
+        ask: dict[str, Any] = {"type": "get_global"}
+        if self.reference is not None:
+            held, state = self.reference
+            ask |= {"have": held, "digest": state_digest(state)}
+        reply = await self._poll(self.federation, control_frame(ids, ask))
         head = control_of(reply[0], "global")
-        missing, unexpected = self.model.load_state_dict(state_of(reply[1]), strict=False)
+        state = self._global_state(ids.round, head, reply[1:])
+        missing, unexpected = self.model.load_state_dict(state, strict=False)
         tables = ("_quantized_cdf", "_offset", "_cdf_length", "scale_table")
         if unexpected or any(not k.endswith(tables) for k in missing):
             raise RuntimeError(
                 f"global weights do not fit the client model: {missing or unexpected}"
             )
         return [int(c) for c in head["participants"]]
+
+    def _global_state(self, r: int, head: dict[str, Any], rest: list[Frame]) -> dict[str, Tensor]:
+        """Global model ``r`` from the reply: whole, a coded update to the reference, or (no
+        frame) the reference itself; checked against the server's digest when coded."""
+        if self.reference is None:
+            return state_of(rest[0])
+        held, reference = self.reference
+        if not rest:
+            if held != r:
+                raise ProtocolError(
+                    f"round {r}: no global model sent, and this client holds {held}"
+                )
+            state = reference
+        else:
+            h = expect(rest[0], Kind.WEIGHTS, "the global model").header
+            if h.codec == 0:
+                state = state_of(rest[0])
+            elif h.codec_version != held or h.codec != WEIGHTS_CODECS[self.weights_codec]:
+                raise ProtocolError(
+                    f"round {r}: global update with codec {h.codec} to model {h.codec_version}, "
+                    f"this client holds model {held} and decodes {self.weights_codec}"
+                )
+            else:
+                try:
+                    state = decode_update(rest[0].payload, reference, self.weights_codec)
+                except UpdateError as e:
+                    raise ProtocolError(f"round {r}: global update: {e}") from None
+        if state_digest(state) != head.get("digest"):
+            raise ProtocolError(f"round {r}: the global model differs from the server's (digest)")
+        self.reference = (r, state)
+        return state
 
     async def _poll(self, channel: Channel, message: bytes) -> list[Frame]:
         """Ask until the answer is not ``wait`` (the server answers ``wait`` after a while)."""

@@ -14,10 +14,19 @@ from torch import Tensor
 
 from ..config import Config
 from ..federation import SUBMIT, VALIDATE, Rounds, fedavg
+from ..federation.weights import (
+    WEIGHTS_CODECS,
+    UpdateError,
+    decode_update,
+    encode_update,
+    state_digest,
+)
 from ..transport.base import Handler, Reply
+from ..wire import Frame, Kind
 from .messages import (
     Ids,
     ProtocolError,
+    coded_weights_frame,
     control_frame,
     control_of,
     frames,
@@ -71,6 +80,10 @@ class FederationServer(Handler):
         self.val_clients: dict[int, list[int]] = {}
         self._cond = asyncio.Condition()
         self._timers: dict[tuple[str, int], asyncio.Task] = {}
+        self.weights_codec = cfg.federation.weights_codec
+        #: round -> the coded update from global round - 1 (sent to clients that hold it)
+        self.updates: dict[int, bytes] = {}
+        self._digests: dict[int, str] = {}
 
     @property
     def best_round(self) -> int | None:
@@ -103,7 +116,10 @@ class FederationServer(Handler):
             if not await self._wait(lambda: h.round in self.globals):
                 return Reply(control_frame(ids, {"type": "wait"}))
             head = {"type": "global", "participants": self.participants.get(h.round - 1, [])}
-            return Reply(control_frame(ids, head) + weights_frame(ids, self.globals[h.round]))
+            if self.weights_codec == "float32":
+                return Reply(control_frame(ids, head) + weights_frame(ids, self.globals[h.round]))
+            head["digest"] = self.digest(h.round)
+            return Reply(control_frame(ids, head) + self._global_frame(ids, msg))
         if kind == "submit":
             value = await self._submission(client, h.round, msg, msgs[1:])
             accepted = await self._arrive(SUBMIT, h.round, client, value)
@@ -121,6 +137,30 @@ class FederationServer(Handler):
         if kind != "bye":
             raise ProtocolError(f"federation server: unknown control message {kind!r}")
         return Reply(control_frame(ids, {"type": "ack"}))
+
+    def digest(self, r: int) -> str:
+        """The digest of global model ``r`` (clients check what they reconstruct against it)."""
+        if r not in self._digests:
+            self._digests[r] = state_digest(self.globals[r])
+        return self._digests[r]
+
+    def _global_frame(self, ids: Ids, msg: dict) -> bytes:
+        """Global model ``ids.round`` for a client that holds model ``have`` (with ``digest``):
+        nothing when it holds this one, the coded update when it holds the one before, else
+        the whole model in float32. Every way gives the same model, bit for bit."""
+        r, have = ids.round, msg.get("have")
+        if (
+            isinstance(have, int)
+            and have in self.globals
+            and msg.get("digest") == self.digest(have)
+        ):
+            if have == r:
+                return b""
+            if have == r - 1 and r in self.updates:
+                return coded_weights_frame(
+                    ids, WEIGHTS_CODECS[self.weights_codec], have, self.updates[r]
+                )
+        return weights_frame(ids, self.globals[r])
 
     async def disconnected(self, client: int) -> None:
         """The transport lost ``client``: stop waiting for it."""
@@ -146,7 +186,7 @@ class FederationServer(Handler):
         if len(rest) != 1:
             raise ProtocolError(f"client {client}: submit must carry one weights frame")
         try:
-            state = state_of(rest[0])
+            state = self._submitted_state(r, rest[0])
             problem = _mismatch(state, self.globals[0])
         except ValueError as e:
             problem = str(e)
@@ -157,6 +197,18 @@ class FederationServer(Handler):
             self._settle()  # the others need not wait for it
         log.warning("client %d: round %d submission refused: %s", client, r, problem)
         raise SubmissionRefused(f"client {client}: round {r} submission refused: {problem}")
+
+    def _submitted_state(self, r: int, frame: Frame) -> dict[str, Tensor]:
+        """A submission's model: whole, or a coded update to global model ``r``."""
+        h = frame.header
+        if h.kind != Kind.WEIGHTS or h.codec == 0:
+            return state_of(frame)
+        if h.codec != WEIGHTS_CODECS[self.weights_codec] or h.codec_version != r:
+            raise UpdateError(
+                f"an update with weights codec {h.codec} to global model {h.codec_version}; "
+                f"this server decodes {self.weights_codec} updates to global model {r}"
+            )
+        return decode_update(frame.payload, self.globals[r], self.weights_codec)
 
     def _record(self) -> dict:
         """The best_global answer: the round chosen, each round's participants and validation,
@@ -214,7 +266,15 @@ class FederationServer(Handler):
             if kind == SUBMIT:
                 # FedAvg over whoever took part: weights renormalise over their sample counts.
                 states, samples = zip(*(values[c] for c in order), strict=True)
-                self.globals[r + 1] = fedavg(states, samples)
+                average = fedavg(states, samples)
+                if self.weights_codec == "float32":
+                    self.globals[r + 1] = average
+                else:
+                    # The global model is what the clients reconstruct from the coded update.
+                    coded, self.globals[r + 1] = encode_update(
+                        average, self.globals[r], self.weights_codec
+                    )
+                    self.updates[r + 1] = coded
                 self.participants[r] = order
             else:
                 self.val_loss[r] = math.fsum(values.values()) / len(values)

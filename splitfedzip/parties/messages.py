@@ -103,6 +103,11 @@ def weights_frame(ids: Ids, state: dict[str, Tensor]) -> bytes:
     return encode_frame(ids.header(Kind.WEIGHTS), pack_state(state))
 
 
+def coded_weights_frame(ids: Ids, codec: int, reference: int, payload: bytes) -> bytes:
+    """A weights frame holding a coded update to global model ``reference``."""
+    return encode_frame(ids.header(Kind.WEIGHTS, codec=codec, codec_version=reference), payload)
+
+
 def sync_frame(ids: Ids, split: Split, codec: int, version: int, state: bytes) -> bytes:
     """A codec-sync frame: the decoder side of snapshot ``version``."""
     return encode_frame(
