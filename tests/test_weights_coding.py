@@ -8,7 +8,8 @@ import lzma
 import pytest
 import torch
 
-from splitfedzip.config import load_config
+from splitfedzip.codecs import make_codec
+from splitfedzip.config import CodecConfig, load_config
 from splitfedzip.experiments import train
 from splitfedzip.experiments.train import run_embedded
 from splitfedzip.federation.weights import (
@@ -17,10 +18,18 @@ from splitfedzip.federation.weights import (
     encode_update,
     state_digest,
 )
+from splitfedzip.parties.crossing import CodecReceiver, CodecSender, SyncError
 from splitfedzip.parties.federation_server import FederationServer, SubmissionRefused
-from splitfedzip.parties.messages import Ids, coded_weights_frame, control_frame
+from splitfedzip.parties.messages import (
+    Ids,
+    coded_weights_frame,
+    control_frame,
+    frames,
+    receive,
+    tensor_message,
+)
 from splitfedzip.parties.models import ClientModel, exchanged_state
-from splitfedzip.wire import pack_state
+from splitfedzip.wire import Kind, Split, pack_state
 
 TINY = [
     "data.image_size=64", "data.num_samples=12", "data.test_samples=4", "model.base_width=4",
@@ -110,3 +119,33 @@ def test_every_client_holds_the_servers_global_model_bit_for_bit(monkeypatch, co
     weights = [r for r in res.ledger.rows if r.kind == "weights" and r.phase != "test"]
     whole = len(pack_state(server.globals[0]))
     assert weights and all(r.bytes < whole / 3 for r in weights)
+
+
+@pytest.mark.parametrize("codec", ["float16", "int8"])
+def test_lossy_codec_snapshots_decode_bit_identically_over_many_batches(codec):
+    torch.manual_seed(0)
+    opts = CodecConfig(sync_every=1, lr=1e-2)
+    sender = CodecSender(make_codec("ae", 4, latent_channels=8), 1.0, opts, codec)
+    rx = CodecReceiver(make_codec("ae", 4, latent_channels=8), torch.device("cpu"), codec)
+    raw = len(pack_state(sender.live.decoder_state()))
+    version, sync = sender.publish()
+    assert len(sync) < raw / 2
+    rx.sync(version, sync)
+    x = torch.randn(2, 4, 16, 16)
+    for _ in range(12):  # a fresh lossy snapshot ahead of every tensor, each an update
+        enc = sender.encode(x)
+        message, _ = tensor_message(Ids(), Kind.FEATURE, Split.S1, x.shape, enc)
+        decoded = receive(rx, frames(message), Kind.FEATURE, "S1 features")
+        _, snap = sender._snapshots[0]
+        with torch.no_grad():
+            assert torch.equal(decoded, snap.decompress(enc.payload, x.shape))
+        sender.live.train()
+        sender.loss(sender.forward(x), 64 * 64).backward()
+        sender.step()
+    assert rx.version == sender.version == 12
+    # A receiver that missed a sync refuses the next one rather than decode with other weights.
+    version, sync = sender.publish()
+    with pytest.raises(SyncError, match="refers to version"):
+        CodecReceiver(make_codec("ae", 4, latent_channels=8), torch.device("cpu"), codec).sync(
+            version, sync
+        )

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
-from ..wire import pack_state, tensor_from_bytes, tensor_to_bytes
+from ..wire import pack_state, tensor_from_bytes, tensor_to_bytes, unpack_state
 
 #: federation.weights_codec -> the codec id its weights frames carry (0: raw float32 state).
 WEIGHTS_CODECS = {"float32": 0, "float16": 1, "int8": 2}
@@ -112,4 +112,84 @@ def decode_update(payload: bytes, reference: Mapping[str, Tensor], codec: str) -
         out[name] = value
     if pos != len(data):
         raise UpdateError(f"{len(data) - pos} bytes after the last tensor of the update")
+    return out
+
+
+_REFERENCE = "#reference"  # the version of the state an update was coded against (0: none)
+
+
+def encode_state(
+    state: Mapping[str, Tensor],
+    reference: tuple[int, Mapping[str, Tensor]] | None,
+    codec: str,
+) -> tuple[bytes, dict[str, Tensor]]:
+    """A self-describing coded state (codec syncs): floating-point tensors as updates to the
+    same-shaped tensor of ``reference`` (version, state) or to zero, integer tables whole; and
+    the state the receiver reconstructs (the sender adopts that one, bit for bit)."""
+    if WEIGHTS_CODECS.get(codec, 0) == 0:
+        raise ValueError(f"weights codec {codec!r} codes no update")
+    version, held = reference if reference is not None else (0, {})
+    parts: dict[str, Tensor] = {_REFERENCE: torch.tensor([version], dtype=torch.int64)}
+    for name, value in state.items():
+        if not value.is_floating_point():
+            if value.dtype in (torch.float16, torch.int8, torch.uint8):
+                raise UpdateError(f"{name!r}: {value.dtype} tables cannot cross coded")
+            parts[name] = value
+            continue
+        base = held.get(name)
+        delta = value.float() - (base.float() if _same(base, value) else 0.0)
+        if codec == "float16":
+            parts[name] = delta.to(torch.float16)
+            if not bool(torch.isfinite(parts[name]).all()):
+                raise UpdateError(f"{name!r}: the update overflows float16")
+        else:
+            parts[name], parts[name + "#scale"] = _int8(delta)
+    payload = lzma.compress(pack_state(parts), preset=PRESET)
+    return payload, decode_state(payload, reference, codec, len(pack_state(parts)))
+
+
+def _same(base: Tensor | None, value: Tensor) -> bool:
+    return base is not None and base.shape == value.shape and base.dtype == value.dtype
+
+
+def decode_state(
+    payload: bytes,
+    reference: tuple[int, Mapping[str, Tensor]] | None,
+    codec: str,
+    limit: int,
+) -> dict[str, Tensor]:
+    """Inverse of :func:`encode_state`, inflating at most ``limit`` bytes."""
+    unpack = lzma.LZMADecompressor()
+    try:
+        parts = unpack_state(unpack.decompress(payload, max_length=limit + 1))
+    except (lzma.LZMAError, ValueError) as e:
+        raise UpdateError(f"the coded state does not decode: {e}") from None
+    if not unpack.eof or unpack.unused_data:
+        raise UpdateError(f"the coded state is not one complete xz stream of at most {limit} bytes")
+    version, held = reference if reference is not None else (0, {})
+    tag = parts.pop(_REFERENCE, None)
+    if tag is None or tag.shape != (1,) or int(tag[0]) != version:
+        raise UpdateError(f"the coded state refers to version {tag}, the receiver holds {version}")
+    want = torch.float16 if codec == "float16" else torch.int8
+    out = {}
+    for name, part in parts.items():
+        if name.endswith("#scale"):
+            continue
+        if part.dtype in (torch.float16, torch.int8) and part.dtype == want:
+            delta = part.float()
+            if codec == "int8":
+                rows = part.shape[0] if part.dim() >= 2 else 1
+                scale = parts.get(name + "#scale")
+                if scale is None or scale.dtype != torch.float32 or scale.shape != (rows,):
+                    raise UpdateError(f"{name!r}: no float32 scales for its {rows} channels")
+                delta = (delta.reshape(rows, -1) * scale[:, None]).reshape(part.shape)
+            base = held.get(name)
+            value = delta + base if _same(base, delta) else delta
+            if not bool(torch.isfinite(value).all()):
+                raise UpdateError(f"{name!r}: the updated values are not finite")
+            out[name] = value
+        elif part.is_floating_point():
+            raise UpdateError(f"{name!r}: update is {part.dtype}, {codec} codes {want}")
+        else:
+            out[name] = part
     return out

@@ -95,10 +95,11 @@ class Client:
         self.model = ClientModel(cfg, num_classes).to(device)
         self.compressed = any(SCHEMES[cfg.scheme])
         opts = cfg.codec_options
-        self.s1f = CodecSender(self.model.s1_feature, cfg.lmbda, opts)
-        self.s2g = CodecSender(self.model.s2_gradient, cfg.lmbda, opts)
-        self.rx_s2f = CodecReceiver(crossing_codec(cfg, "feature"), device)
-        self.rx_s1g = CodecReceiver(crossing_codec(cfg, "gradient"), device)
+        wc = cfg.federation.weights_codec  # codec syncs cross as coded as the weights
+        self.s1f = CodecSender(self.model.s1_feature, cfg.lmbda, opts, wc)
+        self.s2g = CodecSender(self.model.s2_gradient, cfg.lmbda, opts, wc)
+        self.rx_s2f = CodecReceiver(crossing_codec(cfg, "feature"), device, wc)
+        self.rx_s1g = CodecReceiver(crossing_codec(cfg, "gradient"), device, wc)
         self.rng = RngScope(cfg.train.seed * 1000 + 17 + cid)
         self._loader_gen = torch.Generator().manual_seed(cfg.train.seed * 1000 + 31 + cid)
         self.opt: torch.optim.Optimizer | None = None

@@ -22,6 +22,7 @@ from ..codecs import ClassicCodec, Codec, CodecOutput, ErrorFeedback, codec_id, 
 from ..codecs.streams import SymbolMismatch
 from ..config import CodecConfig
 from ..errors import RunFailure
+from ..federation.weights import UpdateError, decode_state, encode_state
 from ..wire import Frame, pack_state, unpack_state
 
 
@@ -54,8 +55,13 @@ class Encoded:
 class CodecSender:
     """Owns, trains and publishes the codec of one crossing."""
 
-    def __init__(self, codec: Codec, lmbda: float, opts: CodecConfig) -> None:
+    def __init__(
+        self, codec: Codec, lmbda: float, opts: CodecConfig, sync_codec: str = "float32"
+    ) -> None:
         self.live = codec
+        self.sync_codec = sync_codec
+        #: receiver -> (version, decoder state) as that receiver reconstructed it
+        self._sent: dict[int, tuple[int, dict[str, Tensor]]] = {}
         self.lmbda = lmbda
         self.opts = opts
         self.version = 0
@@ -111,7 +117,22 @@ class CodecSender:
         self._snapshots[receiver] = (self.version, snap)
         self._stale[receiver] = 0
         self._forced.discard(receiver)
-        return self.version, pack_state(snap.decoder_state())
+        if self.sync_codec == "float32":
+            return self.version, pack_state(snap.decoder_state())
+        # Lossy: the snapshot adopts what the receiver reconstructs before it codes anything.
+        payload, state = encode_state(
+            snap.decoder_state(), self._sent.get(receiver), self.sync_codec
+        )
+        snap.load_decoder_state(state)
+        self._sent[receiver] = (self.version, state)
+        return self.version, payload
+
+    def forget(self, receiver: int) -> None:
+        """``receiver`` starts afresh: nothing published to it is held there any more."""
+        self._snapshots.pop(receiver, None)
+        self._sent.pop(receiver, None)
+        self._stale.pop(receiver, None)
+        self._forced.discard(receiver)
 
     def forward(self, x: Tensor) -> CodecOutput:
         """The live codec's differentiable path (noise in training).
@@ -215,14 +236,26 @@ class CodecSender:
 class CodecReceiver:
     """Holds the decoder side of a peer's codec, as of the peer's last sync."""
 
-    def __init__(self, codec: Codec, device: torch.device) -> None:
+    def __init__(self, codec: Codec, device: torch.device, sync_codec: str = "float32") -> None:
         self.codec = codec.eval().to(device)
         self.device = device
         self.version = 0
+        self.sync_codec = sync_codec
+        self._held: tuple[int, dict[str, Tensor]] | None = None
 
     def sync(self, version: int, state: bytes) -> None:
         """Install the decoder weights of snapshot ``version``."""
-        self.codec.load_decoder_state(unpack_state(state))
+        if self.sync_codec == "float32":
+            self.codec.load_decoder_state(unpack_state(state))
+        else:
+            # Entropy tables grow with the weights, so bound the inflation generously.
+            limit = 4 * len(pack_state(self.codec.decoder_state())) + (1 << 20)
+            try:
+                decoded = decode_state(state, self._held, self.sync_codec, limit)
+            except UpdateError as e:
+                raise SyncError(f"codec sync version {version}: {e}") from None
+            self.codec.load_decoder_state(decoded)
+            self._held = (version, decoded)
         self.codec.to(self.device)
         self.version = version
 

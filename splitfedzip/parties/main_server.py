@@ -96,8 +96,8 @@ class MainServer(Handler):
         model = copy.deepcopy(self._template)
         return Replica(
             model,
-            CodecSender(model.s2_feature, cfg.lmbda, opts),
-            CodecSender(model.s1_gradient, cfg.lmbda, opts),
+            CodecSender(model.s2_feature, cfg.lmbda, opts, cfg.federation.weights_codec),
+            CodecSender(model.s1_gradient, cfg.lmbda, opts, cfg.federation.weights_codec),
             torch.optim.Adam(model.server.parameters(), lr=cfg.train.lr),
         )
 
@@ -181,10 +181,13 @@ class MainServer(Handler):
             # A rejoining client starts afresh: a new replica, new codec receivers.
             self._forget_batch(client)
             replica = self._shared or self._make_replica()
+            wc = self.cfg.federation.weights_codec
+            for sender in (replica.s2f, replica.s1g):
+                sender.forget(client)  # the new receivers hold no snapshot to update
             self.peers[client] = Peer(
                 replica,
-                CodecReceiver(crossing_codec(self.cfg, "feature"), self.device),
-                CodecReceiver(crossing_codec(self.cfg, "gradient"), self.device),
+                CodecReceiver(crossing_codec(self.cfg, "feature"), self.device, wc),
+                CodecReceiver(crossing_codec(self.cfg, "gradient"), self.device, wc),
                 RngScope(self.cfg.train.seed * 1000 + 500 + client),
                 samples,
             )
