@@ -14,6 +14,7 @@ import torch
 
 from splitfedzip.config import Config, load_config
 from splitfedzip.data import FederatedData, build_federated_data
+from splitfedzip.federation.weights import state_digest
 from splitfedzip.parties.client import Client, ClientResult
 from splitfedzip.parties.crossing import CodecSender
 from splitfedzip.parties.federation_server import FederationServer
@@ -197,3 +198,32 @@ def test_hostile_client_is_refused_and_the_others_run_completes():
     assert [(e["client"], e["event"]) for e in tester.events] == [(2, "refused")]
     assert [r["participants"] for r in tester.rounds] == [[0, 1], [0, 1]]
     assert fed.val_clients == {1: [0, 1], 2: [0, 1]} and tester.test["round"] == fed.best_round
+
+
+def test_coded_weights_and_lossy_snapshots_over_grpc_decode_exactly():
+    # fg: lossy snapshots cross both ways; int8: updates in every weights frame but the test's.
+    cfg = load_config(None, [*TINY, "scheme=fg", "federation.weights_codec=int8"])
+    held = {}
+
+    async def keeps(site: Site, cid: int) -> ClientResult:
+        main, fed = await site.channel("main", cid), await site.channel("federation", cid)
+        part, data = site.data.clients[cid], site.data
+        client = Client(
+            cid, site.cfg, data.num_classes, part.train, part.val, main, fed,
+            torch.device("cpu"), test=data.test if cid == 0 else None,
+        )  # fmt: skip
+        try:
+            return await client.run()
+        finally:
+            held[cid] = client.reference
+            held["site"] = site
+            await main.close()
+            await fed.close()
+
+    results = asyncio.run(run_site(cfg, lambda site: [keeps(site, 0), keeps(site, 1)]))
+    fed = held["site"].federation
+    final = cfg.train.rounds
+    assert results[0].test is not None and set(fed.updates) == {1, final}
+    for cid in (0, 1):
+        r, state = held[cid]
+        assert r == final and state_digest(state) == fed.digest(final)
