@@ -11,6 +11,21 @@ from pathlib import Path
 from ..errors import UserError
 from .options import add_overrides
 
+LINK_HELP = (
+    "BANDWIDTH,RTT: the link (bandwidth per direction, round-trip time) summary.json prices the "
+    "traffic at (default 10mbit,20ms)"
+)
+
+
+def _link(text: str) -> str:
+    from ..metrics.link import parse_link  # torch loads only when a command runs
+
+    try:
+        parse_link(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``train`` and ``demo`` commands."""
@@ -19,12 +34,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_overrides(p)
     p.add_argument("--out", default="runs/train", help="output folder (default: runs/train)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--link", type=_link, help=LINK_HELP)
     p.set_defaults(func=_train)
 
     d = subparsers.add_parser("demo", help="nc, f-ae and fg-ae on synthetic lesions, side by side")
     d.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
     add_overrides(d, "a key of the demo's config")
     d.add_argument("--no-progress", action="store_true", help="no progress bars")
+    d.add_argument("--link", type=_link, help=LINK_HELP)
     d.set_defaults(func=_demo)
 
     w = subparsers.add_parser(
@@ -63,11 +80,12 @@ def _train(args: argparse.Namespace) -> int:
 
     from ..config import load_config
     from ..experiments.train import run_embedded, write_outputs
+    from ..metrics.link import DEFAULT_LINK
 
     cfg = load_config(args.config, args.overrides)
     _log_to_stderr()
     with logging_redirect_tqdm():  # log lines go above the progress bars, not through them
-        result = run_embedded(cfg, progress=not args.no_progress)
+        result = run_embedded(cfg, progress=not args.no_progress, link=args.link or DEFAULT_LINK)
     out = Path(args.out)
     write_outputs(cfg, result, out)
     print(json.dumps(result.summary, indent=2))
@@ -78,9 +96,11 @@ def _train(args: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     from ..experiments.demo import demo_table, run_demo
+    from ..metrics.link import DEFAULT_LINK
 
     out = Path(args.out)
-    summaries = run_demo(out, args.overrides, progress=not args.no_progress)
+    link = args.link or DEFAULT_LINK
+    summaries = run_demo(out, args.overrides, progress=not args.no_progress, link=link)
     table = demo_table(summaries)
     (out / "table.txt").write_text(table + "\n")
     print(table)

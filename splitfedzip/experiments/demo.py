@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Config, load_config
+from ..metrics.link import DEFAULT_LINK
 from .train import run_embedded, write_outputs
 
 #: The demo's base configuration (128x128 synthetic lesions, two clients, a small U-Net).
@@ -26,12 +27,17 @@ def demo_configs(overrides: list[str] | None = None) -> dict[str, Config]:
     }
 
 
-def run_demo(out: Path, overrides: list[str] | None = None, progress: bool = True) -> dict:
+def run_demo(
+    out: Path,
+    overrides: list[str] | None = None,
+    progress: bool = True,
+    link: str = DEFAULT_LINK,
+) -> dict:
     """Run every variant into ``out/<name>`` and return their summaries."""
     summaries = {}
     for name, cfg in demo_configs(overrides).items():
         print(f"== {name}: scheme={cfg.scheme} codec={cfg.codec} lambda={cfg.lmbda}", flush=True)
-        result = run_embedded(cfg, progress=progress)
+        result = run_embedded(cfg, progress=progress, link=link)
         write_outputs(cfg, result, out / name)
         summaries[name] = result.summary
     return summaries
@@ -60,10 +66,15 @@ def demo_table(summaries: dict[str, dict[str, Any]]) -> str:
     lines = [f"{'':<22}" + "".join(f"{n:>14}" for n in names)]
     for label, key in rows:
         lines.append(f"{label:<22}" + "".join(f"{_fmt(summaries[n].get(key)):>14}" for n in names))
+    link = next(iter(summaries.values())).get("link")
+    if link is not None:
+        cells = [f"{s['link']['seconds']:.1f}" for s in summaries.values()]
+        lines.append(f"{'link s @ ' + link['link']:<22}" + "".join(f"{c:>14}" for c in cells))
     if nc:
         for label, key in (
             ("feature reduction", "bytes_split_features"),
             ("split reduction", "bytes_split"),
+            ("total reduction", "bytes_total"),
         ):
             cells = [f"{nc[key] / s[key]:.1f}x" if s.get(key) else "-" for s in summaries.values()]
             lines.append(f"{label:<22}" + "".join(f"{c:>14}" for c in cells))

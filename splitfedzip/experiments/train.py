@@ -19,7 +19,8 @@ from ..data import FederatedData, build_federated_data
 from ..errors import UserError
 from ..metrics.history import HISTORY_COLUMNS, epoch_history
 from ..metrics.ledger import Ledger
-from ..metrics.summary import strict_json, summarize
+from ..metrics.link import DEFAULT_LINK, link_time, parse_link
+from ..metrics.summary import TRAINING, strict_json, summarize
 from ..models import split_channels
 from ..parties.client import Client, ClientResult
 from ..parties.federation_server import FederationServer
@@ -81,7 +82,7 @@ def embedded_parties(cfg: Config, device: torch.device, progress: bool = False) 
     return EmbeddedParties(data, main, federation, clients, ledger)
 
 
-def run_embedded(cfg: Config, progress: bool = False) -> RunResult:
+def run_embedded(cfg: Config, progress: bool = False, link: str = DEFAULT_LINK) -> RunResult:
     """Run every party in this process over the embedded transport."""
     start = time.perf_counter()
     device = resolve_device(cfg.train.device)
@@ -99,7 +100,7 @@ def run_embedded(cfg: Config, progress: bool = False) -> RunResult:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     results = asyncio.run(run_all())
-    summary = build_summary(cfg, p.ledger, results, len(p.data.test))
+    summary = build_summary(cfg, p.ledger, results, len(p.data.test), link)
     summary["wall_seconds"] = time.perf_counter() - start
     summary["device"] = str(device)
     best = p.federation.best_round
@@ -110,9 +111,14 @@ def run_embedded(cfg: Config, progress: bool = False) -> RunResult:
 
 
 def build_summary(
-    cfg: Config, ledger: Ledger, results: list[ClientResult], test_images: int
+    cfg: Config,
+    ledger: Ledger,
+    results: list[ClientResult],
+    test_images: int,
+    link: str = DEFAULT_LINK,
 ) -> dict[str, Any]:
-    """summary.json's content from the ledger and the tester's metrics."""
+    """summary.json's content from the ledger and the tester's metrics; the traffic's time over
+    ``link`` (e.g. "10mbit,20ms")."""
     tester = next(r for r in results if r.test is not None)
     size = cfg.data.image_size
     raw = test_images * split_channels(cfg.model.base_width) * (size // 2) ** 2 * 4
@@ -128,6 +134,7 @@ def build_summary(
     summary["train_batches_per_second"] = batches / seconds if seconds > 0 else None
     summary["rounds"] = tester.rounds
     summary["events"] = tester.events
+    summary["link"] = {"link": link, **link_time(ledger, parse_link(link), TRAINING)}
     return strict_json(summary)  # null, not NaN, for a class never seen
 
 
