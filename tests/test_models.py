@@ -51,7 +51,8 @@ def test_foreground_prior_sets_the_head_start(classes):
     net = build_split_unet(classes, 4, seed=3, foreground_prior=0.1)
     plain = build_split_unet(classes, 4, seed=3)
     # Only the head's bias departs from the default initialisation.
-    for (name, a), b in zip(net.back_end.state_dict().items(), plain.back_end.state_dict().values()):
+    ours, theirs = net.back_end.state_dict(), plain.back_end.state_dict()
+    for (name, a), b in zip(ours.items(), theirs.values(), strict=True):
         assert torch.equal(a, b) or name == "head.bias"
     # With the weights zeroed the head's output is its bias: background 0.9, the rest shared.
     with torch.no_grad():

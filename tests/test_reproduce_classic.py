@@ -7,20 +7,13 @@ import math
 
 import pytest
 import torch
+from test_reproduce import TINY_RUN
 
 from splitfedzip.config import CLASSIC_CODECS, ConfigError
 from splitfedzip.reproduce import FigureOptions, Preset, load_preset, make_plan, reproduce
 from splitfedzip.reproduce.aggregate import NC_MARGIN, reach_rows
 from splitfedzip.reproduce.plan import KNOBS, preset_from_dict
 from splitfedzip.reproduce.report import _verdict
-
-TINY_RUN = {
-    "data": {"image_size": 32, "num_samples": 8, "test_samples": 4,
-             "partition": {"kind": "iid", "clients": 2}},
-    "model": {"base_width": 2},
-    "codec_options": {"latent_channels": 4},
-    "train": {"rounds": 1, "local_epochs": 1, "batch_size": 2, "max_batches": 2, "device": "cpu"},
-}  # fmt: skip
 
 
 @pytest.fixture(autouse=True)

@@ -118,34 +118,39 @@ def _config(r: Reproduction) -> list[str]:
     return lines
 
 
+def _table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    """Markdown table lines: the header, its rule, then one line per row."""
+    return [f"| {' | '.join(r)} |" for r in (head, ["---"] * len(head), *rows)]
+
+
 def _curves_table(curves: Sequence[dict]) -> list[str]:
     """Markdown table of one dataset's curve points."""
     head = ["variant", "λ or knob", "n", "MJI", "BPP-S1", "BPP-S2", "BPP-T", "log10 CR-S1",
             "split MB", "total MB"]  # fmt: skip
-    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    rows = []
     for c in curves:
         cells = [c["variant"], setting(c) or "-", str(c["n"])]
         cells += [_pm(c, "test_mji", ".3f"), _pm(c, "bpp_s1", ".3g"), _pm(c, "bpp_s2", ".3g"),
                   _pm(c, "bpp_t", ".3g"), _pm(c, "log10_cr_s1", ".2f"),
                   _pm(c, "bytes_split", ".3g", 1e-6),
                   _pm(c, "bytes_total", ".3g", 1e-6)]  # fmt: skip
-        out.append("| " + " | ".join(cells) + " |")
-    return out
+        rows.append(cells)
+    return _table(head, rows)
 
 
 def _bd_table(bd: Sequence[dict]) -> list[str]:
     """Markdown table of the BD rows."""
     head = ["dataset", "scheme", "codec", "rate", "fit", "BD-BPP %", "BD-MJI", "MJI overlap",
             "BPP overlap", "note"]  # fmt: skip
-    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    rows = []
     for b in bd:
         codec = b["variant"].partition("-")[2]
         cells = [b["dataset"], b["scheme"].upper(), codec, b["rate"], b.get("method") or "-",
                  _num(b.get("bd_rate_percent"), ".2f"), _num(b.get("bd_mji"), ".4f"),
                  _interval(b, "mji", ".3f"), _interval(b, "ln_rate", ".3g", math.exp),
                  (b.get("error") or "").replace("|", "/")]  # fmt: skip
-        out.append("| " + " | ".join(cells) + " |")
-    return out
+        rows.append(cells)
+    return _table(head, rows)
 
 
 def _reach(reach: Sequence[dict], datasets: Sequence[str]) -> list[str]:
@@ -159,13 +164,12 @@ def _reach(reach: Sequence[dict], datasets: Sequence[str]) -> list[str]:
             continue
         out += [f"**{dataset}.** " + _verdict(mine), ""]
         head = ["variant", "reaches it at (BPP-T)", "with", "MJI there", "best MJI (BPP-T, with)"]
-        out += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        rows = []
         for x in sorted(mine, key=lambda x: (x["rate"] is None, x["rate"] or 0.0)):
             rate = "not reached" if x["rate"] is None else f"{x['rate']:.3g}"
             best = f"{x['best_mji']:.3f} ({x['best_rate']:.3g}, {x['best_setting'] or '-'})"
-            cells = [x["variant"], rate, x["setting"] or "-", _num(x["test_mji"], ".3f"), best]
-            out.append("| " + " | ".join(cells) + " |")
-        out.append("")
+            rows.append([x["variant"], rate, x["setting"] or "-", _num(x["test_mji"], ".3f"), best])
+        out += [*_table(head, rows), ""]
     return out
 
 
