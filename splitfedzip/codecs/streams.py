@@ -7,6 +7,11 @@ symbol of a message, whatever entropy model it belongs to, goes into one buffere
 in decoding order; the receiver reads them back in the same order, each run with its own CDF
 tables. The payload is that single stream followed by a CRC32 of the symbols it codes.
 
+The coder flushes its final state as a 64-bit word, but at the rates of a well-trained codec a
+message's content is a few bits and the state a little over 2^31: its high bytes are zeros.
+The payload keeps the state's low 5 to 8 bytes, as few as hold it, and the reader restores the
+word. The rest of the stream is whole 32-bit words, so the payload's length names the count.
+
 The check is over symbols, not bytes (the frame's CRC32 covers those): a receiver whose entropy
 parameters come out differently (another device, library or thread set-up, a known hazard of
 learned entropy models across machines) picks other CDF tables and decodes other symbols from
@@ -29,9 +34,13 @@ from .base import CodecError
 _CHECK = struct.Struct("<I")
 #: The symbol check that ends every stream: CRC32 of the symbols as little-endian int32.
 CHECK_SIZE = _CHECK.size
-#: Most bytes a payload can exceed its information content by: the rANS coder's 64-bit final
-#: state, padding to its 32-bit output words, and the symbol check.
-STREAM_OVERHEAD = 8 + 3 + CHECK_SIZE
+#: Bytes of the coder's final state in a payload: 5 to 8, as few as hold it (5, not 4, so that
+#: the count modulo 4 tells them apart). The state is never below the coder's bound 2^31.
+STATE_SIZES = range(5, 9)
+_STATE_LOW = 1 << 31
+#: Most bytes a payload can exceed its information content by: the rANS coder's final state,
+#: padding to its 32-bit output words, and the symbol check.
+STREAM_OVERHEAD = STATE_SIZES[-1] + 3 + CHECK_SIZE
 #: Most bytes one symbol can take: a 16-bit CDF slot and, for a value outside its table, an
 #: escape of up to 9 nibbles (its length and 32 bits). A longer payload cannot be a stream.
 MAX_SYMBOL_BYTES = 8
@@ -106,7 +115,7 @@ class SymbolWriter:
     def flush(self) -> bytes:
         """The stream of every symbol written, then the symbols' CRC32."""
         self._hand_over()
-        return self._encoder.flush() + _CHECK.pack(self._crc)
+        return compact(self._encoder.flush()) + _CHECK.pack(self._crc)
 
 
 class SymbolReader:
@@ -119,13 +128,13 @@ class SymbolReader:
     def __init__(self, data: bytes, codec: str, symbols: int) -> None:
         self.codec, self.symbols = codec, symbols
         self._checked: Tables | None = None
-        stream = data[:-CHECK_SIZE]
-        # A flushed stream holds at least the coder's 64-bit final state, in 32-bit words.
-        if len(data) < 8 + CHECK_SIZE or len(stream) % 4:
+        if len(data) < STATE_SIZES[0] + CHECK_SIZE:
             raise CodecError(
                 f"codec {codec!r}: a {len(data)}-byte payload is not an rANS stream "
-                "(whole 32-bit words, the final state at least, and a 4-byte symbol check)"
+                f"(the coder's final state, at least {STATE_SIZES[0]} bytes, and a "
+                f"{CHECK_SIZE}-byte symbol check)"
             )
+        stream = expand(data[:-CHECK_SIZE], codec)
         limit = MAX_SYMBOL_BYTES * symbols + STREAM_OVERHEAD
         if len(data) > limit:
             raise CodecError(
@@ -187,6 +196,25 @@ class SymbolReader:
         symbols = self.read(model._build_indexes(torch.Size(shape)), tables(model))
         medians = bottleneck_medians(model, shape)
         return model.dequantize(symbols.to(medians.device), medians, medians.dtype)
+
+
+def compact(stream: bytes) -> bytes:
+    """CompressAI's flushed stream with its 64-bit final state cut to its low 5-8 bytes."""
+    state = int.from_bytes(stream[:8], "little")
+    size = max(STATE_SIZES[0], (state.bit_length() + 7) // 8)
+    return state.to_bytes(size, "little") + stream[8:]
+
+
+def expand(data: bytes, codec: str) -> bytes:
+    """The stream CompressAI's decoder reads: :func:`compact` undone."""
+    size = STATE_SIZES[(len(data) - STATE_SIZES[0]) % 4]
+    state = int.from_bytes(data[:size], "little")
+    if state < _STATE_LOW:
+        raise CodecError(
+            f"codec {codec!r}: not an rANS stream (final state {state:#x} below the coder's "
+            f"bound {_STATE_LOW:#x})"
+        )
+    return state.to_bytes(8, "little") + data[size:]
 
 
 def check_tables(table: Tables, codec: str) -> None:
