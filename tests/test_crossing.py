@@ -1,5 +1,6 @@
 """The sender's training levers and sync policy, on one crossing, with real bitstreams."""
 
+import copy
 import re
 
 import pytest
@@ -125,3 +126,20 @@ def test_a_tensor_of_another_shape_is_refused_before_decoding():
     message, _ = tensor_message(Ids(), Kind.FEATURE, Split.S1, big, enc)
     with pytest.raises(ProtocolError, match=r"S1 features: shape \(1048576, 4, 16, 16\), expected"):
         receive(rx, frames(message), Kind.FEATURE, "S1 features", SHAPE)
+
+
+@pytest.mark.parametrize("name, size", [("ae", 16), ("cheng2020-attn", 64)])
+def test_a_republished_snapshot_equals_a_fresh_copy_of_the_live_codec(name, size):
+    torch.manual_seed(0)
+    sender = CodecSender(make_codec(name, 4, latent_channels=8), 1e3, CodecConfig(lr=1e-2))
+    sender.publish()
+    x = torch.randn(1, 4, size, size)
+    for _ in range(2):
+        sender.loss(sender.forward(x), size * size).backward()
+        sender.step()
+    sender.publish()
+    fresh = copy.deepcopy(sender.live).eval()
+    fresh.update()
+    held = sender._snapshots[0][1].state_dict()
+    assert held.keys() == fresh.state_dict().keys()
+    assert all(torch.equal(held[k], v) for k, v in fresh.state_dict().items())
