@@ -160,16 +160,15 @@ def test_bd_metric_of_shifted_metric(method):
     assert bd_metric(RATES, MJI, RATES, shifted, method=method) == pytest.approx(0.01, abs=1e-9)
 
 
-def test_pchip_integral_matches_scipy():
-    interpolate = pytest.importorskip("scipy.interpolate")
+def test_pchip_integral_averages_repeated_points_and_is_exact_on_lines():
     from splitfedzip.metrics.bd import _pchip_integral
 
-    rng = np.random.default_rng(3)
-    for _ in range(5):
-        x, y = np.sort(rng.random(7)), rng.random(7)
-        lo, hi = x[1] + 0.01, x[5] - 0.01
-        ref = interpolate.PchipInterpolator(x, y).integrate(lo, hi)
-        assert _pchip_integral(x, y, lo, hi) == pytest.approx(ref, rel=1e-10)
+    x = np.array([0.0, 1.0, 1.0, 2.0, 3.0])
+    y = 2 * x + 1
+    y[1], y[2] = 2.0, 4.0  # two λ at one abscissa: their mean, 3, lies on the line
+    assert _pchip_integral(x, y, 0.5, 2.5) == pytest.approx(8.0, rel=1e-12)
+    with pytest.raises(ValueError, match="2 distinct abscissae"):
+        _pchip_integral(np.ones(3), np.arange(3.0), 0.0, 1.0)
 
 
 def test_bd_errors():

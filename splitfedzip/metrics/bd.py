@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
+from scipy.interpolate import PchipInterpolator
 
 Method = Literal["cubic", "pchip"]
 _MIN_POINTS = {"cubic": 4, "pchip": 2}
@@ -25,34 +26,8 @@ def _curve(rate: Sequence[float], metric: Sequence[float], name: str, method: st
     return np.log(r), m
 
 
-def _pchip_slopes(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Fritsch-Carlson monotone slopes at the knots (the rule of scipy's PchipInterpolator)."""
-    h, delta = np.diff(x), np.diff(y) / np.diff(x)
-    if x.size == 2:
-        return np.full(2, delta[0])
-    d = np.zeros_like(y)
-    w1, w2 = 2 * h[1:] + h[:-1], h[1:] + 2 * h[:-1]
-    same_sign = delta[:-1] * delta[1:] > 0
-    with np.errstate(divide="ignore", invalid="ignore"):
-        harmonic = (w1 + w2) / (w1 / delta[:-1] + w2 / delta[1:])
-    d[1:-1] = np.where(same_sign, harmonic, 0.0)
-    d[0] = _edge_slope(h[0], h[1], delta[0], delta[1])
-    d[-1] = _edge_slope(h[-1], h[-2], delta[-1], delta[-2])
-    return d
-
-
-def _edge_slope(h0: float, h1: float, m0: float, m1: float) -> float:
-    """One-sided three-point end slope, limited to keep the end interval monotone."""
-    d = ((2 * h0 + h1) * m0 - h0 * m1) / (h0 + h1)
-    if np.sign(d) != np.sign(m0):
-        return 0.0
-    if np.sign(m0) != np.sign(m1) and abs(d) > abs(3 * m0):
-        return 3 * m0
-    return d
-
-
 def _pchip_integral(x: np.ndarray, y: np.ndarray, lo: float, hi: float) -> float:
-    """Exact integral over [lo, hi] of the monotone piecewise cubic through (x, y)."""
+    """Integral over [lo, hi] of the monotone piecewise cubic (PCHIP) through (x, y)."""
     order = np.argsort(x, kind="stable")
     x, y = x[order], y[order]
     # Repeated abscissae (e.g. two lambdas giving the same accuracy): average their values.
@@ -60,19 +35,7 @@ def _pchip_integral(x: np.ndarray, y: np.ndarray, lo: float, hi: float) -> float
     y = np.bincount(inverse, weights=y) / np.bincount(inverse)
     if x.size < 2:
         raise ValueError("pchip needs at least 2 distinct abscissae")
-    d = _pchip_slopes(x, y)
-    total = 0.0
-    for k in range(x.size - 1):
-        a, b = max(lo, x[k]), min(hi, x[k + 1])
-        if b <= a:
-            continue
-        h = x[k + 1] - x[k]
-        m = (y[k + 1] - y[k]) / h
-        # y(t) = y_k + d_k t + c2 t^2 + c3 t^3 with t = x - x_k; integrate in closed form.
-        c2, c3 = (3 * m - 2 * d[k] - d[k + 1]) / h, (d[k] + d[k + 1] - 2 * m) / h**2
-        coeffs = np.array([c3 / 4, c2 / 3, d[k] / 2, y[k], 0.0])
-        total += np.polyval(coeffs, b - x[k]) - np.polyval(coeffs, a - x[k])
-    return float(total)
+    return float(PchipInterpolator(x, y).integrate(lo, hi))
 
 
 def _integral(x: np.ndarray, y: np.ndarray, lo: float, hi: float, method: str) -> float:
