@@ -171,6 +171,21 @@ def test_plan_takes_a_config_and_overrides(tmp_path):
     assert cfg.data.image_size == 32  # from the preset, which the config did not set
 
 
+def test_codec_options_of_a_preset_apply_to_that_codec_only():
+    preset = Preset("tiny", TINY_RUN, ("synthetic-lesion",), ("f",), ("ae",), {"ae": (1.0,)},
+                    seeds=1, classic={"fp16": ()},
+                    codec_options={"ae": {"warmup_steps": 7}})  # fmt: skip
+    steps = {r.variant: r.config.codec_options.warmup_steps for r in make_plan(preset).runs}
+    assert steps == {"nc": 0, "f-ae": 7, "f-fp16": 0}
+    with pytest.raises(ConfigError, match="codec_options: 'cheng2020-attn' is not in the grid"):
+        Preset("x", TINY_RUN, ("synthetic-lesion",), ("f",), ("ae",), {"ae": (1.0,)}, seeds=1,
+               codec_options={"cheng2020-attn": {"warmup_steps": 7}})  # fmt: skip
+    bad = Preset("x", TINY_RUN, ("synthetic-lesion",), ("f",), ("ae",), {"ae": (1.0,)}, seeds=1,
+                 codec_options={"ae": {"warmup": 7}})  # fmt: skip
+    with pytest.raises(ConfigError, match="synthetic-lesion f-ae.*warmup"):
+        make_plan(bad)
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [

@@ -66,6 +66,8 @@ class Preset:
     figures: FigureOptions = field(default_factory=FigureOptions)
     #: Classic codec -> its knob's grid (``KNOBS``; empty for a codec without one).
     classic: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
+    #: Codec -> ``codec_options`` keys set on its runs only, over the base run's.
+    codec_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         """Check the grid, so that a bad preset fails before any run starts."""
@@ -86,6 +88,9 @@ class Preset:
                 _need(not values, f"classic.{c}: has no knob; give [] (one run per point)")
             else:
                 _need(bool(values), f"classic.{c}: give the grid of codec_options.{knob}")
+        for c, options in self.codec_options.items():
+            _need(c in (*self.codecs, *self.classic), f"codec_options: {c!r} is not in the grid")
+            _need(isinstance(options, Mapping), f"codec_options.{c}: must be a mapping")
         _need(self.seeds >= 1, "seeds: must be >= 1")
 
 
@@ -153,7 +158,7 @@ def preset_from_dict(raw: Mapping[str, Any], default_name: str = "custom") -> Pr
     """Build a :class:`Preset` from a preset file's mapping."""
     _need(isinstance(raw, Mapping), "the top level must be a mapping")
     keys = {"name", "run", "datasets", "schemes", "codecs", "lambdas", "seeds", "figures",
-            "classic"}  # fmt: skip
+            "classic", "codec_options"}  # fmt: skip
     unknown = set(raw) - keys
     _need(not unknown, f"unknown keys {sorted(unknown)} (known: {sorted(keys)})")
     figures = dict(raw.get("figures") or {})
@@ -175,6 +180,7 @@ def preset_from_dict(raw: Mapping[str, Any], default_name: str = "custom") -> Pr
         seeds=int(raw.get("seeds", 1)),
         figures=options,
         classic=classic,
+        codec_options=dict(raw.get("codec_options") or {}),
     )
 
 
@@ -222,16 +228,18 @@ def make_plan(
     # Seed-major order: after the first seed every curve has a point per λ.
     for seed in range(count):
         for dataset, base in bases.items():
-            runs.append(_run(base, dataset, "nc", None, None, seed))
+            runs.append(_run(preset, base, dataset, "nc", None, None, seed))
             for scheme in preset.schemes:
                 for codec in preset.codecs:
                     for lam in preset.lambdas[codec]:
-                        runs.append(_run(base, dataset, scheme, codec, lam, seed))
+                        runs.append(_run(preset, base, dataset, scheme, codec, lam, seed))
                 for codec, values in preset.classic.items():
                     knob = KNOBS[codec]
                     for value in values if knob else (None,):
                         setting = None if value is None else (knob, value)
-                        runs.append(_run(base, dataset, scheme, codec, None, seed, setting))
+                        runs.append(
+                            _run(preset, base, dataset, scheme, codec, None, seed, setting)
+                        )
     _check_shapes(bases, (*preset.codecs, *preset.classic))
     return Plan(preset, bases, tuple(runs), count)
 
@@ -246,6 +254,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 
 def _run(
+    preset: Preset,
     base: Config,
     dataset: str,
     scheme: str,
@@ -259,6 +268,7 @@ def _run(
     A classic codec's run sets its knob and λ = 1: with no rate term, the loss is NC's.
     """
     raw = base.to_dict()
+    raw["codec_options"].update(preset.codec_options.get(codec, {}))
     raw["scheme"] = scheme
     if codec is not None:
         raw["codec"] = codec
