@@ -79,6 +79,10 @@ def test_tiny_reproduction_writes_tables_figures_and_report(tmp_path, monkeypatc
     bd = _csv(tmp_path / "bd.csv")
     assert [b["rate"] for b in bd] == ["bpp_s1", "bpp_s2", "bpp_t"]
     assert all("no finished f-cheng2020-attn runs" in b["error"] for b in bd)
+    (order,) = _csv(tmp_path / "order.csv")
+    rates = [float(c["bpp_t_mean"]) for c in curves[1:]]
+    assert (order["variant"], order["points"], order["spearman"]) == ("f-ae", "2", "")
+    assert float(order["span_decades"]) == pytest.approx(math.log10(max(rates) / min(rates)))
     report = (tmp_path / "report.md").read_text()
     pngs = sorted(tmp_path.glob("*.png"))
     assert [p.name for p in pngs] == [
@@ -184,6 +188,24 @@ def test_codec_options_of_a_preset_apply_to_that_codec_only():
                  codec_options={"ae": {"warmup": 7}})  # fmt: skip
     with pytest.raises(ConfigError, match="synthetic-lesion f-ae.*warmup"):
         make_plan(bad)
+
+
+def test_order_rows_rank_the_rate_against_lambda():
+    from splitfedzip.reproduce.aggregate import order_rows
+
+    def point(variant, lam, rate, mji):
+        return {"dataset": "d", "variant": variant, "lambda": lam, "bpp_t_mean": rate,
+                "test_mji_mean": mji}  # fmt: skip
+
+    rates = {1e-3: 0.001, 1e-1: 0.001, 10: 0.01, 1e3: 0.1}
+    curves = [point("nc", None, 256.0, 0.8)]
+    curves += [point("f-ae", lam, rate, 0.5) for lam, rate in reversed(rates.items())]
+    curves += [point("f-cheng2020-attn", lam, 1 / rate, 0.7) for lam, rate in rates.items()]
+    curves += [point("f-int", None, 4.0, 0.8)]  # classic: no λ, no row
+    ae, cheng = order_rows(curves)
+    assert ae["spearman"] == pytest.approx(np.corrcoef([1, 2, 3, 4], [1.5, 1.5, 3, 4])[0, 1])
+    assert ae["span_decades"] == pytest.approx(2.0) and ae["lambda_low"] == 1e-3
+    assert ae["mji_below_nc"] == pytest.approx(0.3) and cheng["spearman"] < -0.9
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy.stats import spearmanr
 
 from ..config import LEARNED_CODECS
 from ..experiments.sweep import RATES, bd_table
@@ -185,6 +186,36 @@ def reach_rows(curves: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 "test_mji": cheapest["test_mji_mean"] if cheapest else None,
                 "best_setting": setting(top), "best_mji": top["test_mji_mean"],
                 "best_rate": top[f"{REACH_RATE}_mean"],
+            })  # fmt: skip
+    return out
+
+
+def order_rows(curves: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per dataset and learned variant: how λ orders the rate and the accuracy.
+
+    Spearman's ρ of the seed-mean REACH_RATE against λ (1: the rate never falls as λ grows), the
+    decades of rate the grid spans, and the test MJI at the lowest λ against NC's.
+    """
+    out = []
+    for dataset in dict.fromkeys(c["dataset"] for c in curves):
+        mine = [c for c in curves if c["dataset"] == dataset]
+        nc = next((c["test_mji_mean"] for c in mine if c["variant"] == "nc"), math.nan)
+        for variant in dict.fromkeys(c["variant"] for c in mine if is_learned(c["variant"])):
+            rated = [c for c in mine if c["variant"] == variant and c[f"{REACH_RATE}_mean"] > 0]
+            pts = sorted(rated, key=lambda c: float(c["lambda"]))
+            if not pts:
+                continue
+            rates = [c[f"{REACH_RATE}_mean"] for c in pts]
+            ordered = len(pts) >= 3 and len(set(rates)) > 1
+            rho = spearmanr([float(c["lambda"]) for c in pts], rates).statistic if ordered else None
+            low = pts[0]
+            out.append({
+                "dataset": dataset, "variant": variant, "points": len(pts),
+                "spearman": None if rho is None else float(rho),
+                "span_decades": math.log10(max(rates) / min(rates)),
+                "rate_low": min(rates), "rate_high": max(rates),
+                "lambda_low": float(low["lambda"]), "mji_low": low["test_mji_mean"],
+                "nc_mji": nc, "mji_below_nc": nc - low["test_mji_mean"],
             })  # fmt: skip
     return out
 

@@ -19,6 +19,8 @@ CURVE_COLUMNS = ("dataset", "variant", "lambda", "knob", "knob_value", "n",
                  *(f"{k}_{s}" for k in aggregate.CURVE_KEYS for s in ("mean", "std")))  # fmt: skip
 BD_COLUMNS = ("dataset", "scheme", "variant", "anchor", "rate", "method", "bd_rate_percent",
               "bd_mji", "mji_lo", "mji_hi", "ln_rate_lo", "ln_rate_hi", "error")  # fmt: skip
+ORDER_COLUMNS = ("dataset", "variant", "points", "spearman", "span_decades", "rate_low",
+                 "rate_high", "lambda_low", "mji_low", "nc_mji", "mji_below_nc")  # fmt: skip
 REACH_COLUMNS = ("dataset", "variant", "nc_mji", "target_mji", "setting", "rate", "test_mji",
                  "best_setting", "best_mji", "best_rate")  # fmt: skip
 
@@ -63,15 +65,18 @@ def reproduce(
     tests = (aggregate.TEST, *plan.preset.classic)
     bd = aggregate.bd_rows(curves, plan.preset.schemes, tests)
     reach = aggregate.reach_rows(curves)
+    order = aggregate.order_rows(curves)
     files.write_csv(out / "runs.csv", rows, RUN_COLUMNS)
     files.write_csv(out / "curves.csv", curves, CURVE_COLUMNS)
     files.write_csv(out / "bd.csv", bd, BD_COLUMNS)
     files.write_csv(out / "reach.csv", reach, REACH_COLUMNS)
+    files.write_csv(out / "order.csv", order, ORDER_COLUMNS)
     result.artifacts = draw(plan, out, curves)
     result.seconds = time.perf_counter() - start
-    files.write_text(out / "report.md", report.render(result, rows, curves, bd, reach))
+    files.write_text(out / "report.md", report.render(result, rows, curves, bd, reach, order))
     drawn = sum(a.path is not None for a in result.artifacts)
-    log(f"wrote {out}/report.md, runs.csv, curves.csv, bd.csv, reach.csv and {drawn} figures")
+    tables = "runs.csv, curves.csv, bd.csv, reach.csv, order.csv"
+    log(f"wrote {out}/report.md, {tables} and {drawn} figures")
     return result
 
 

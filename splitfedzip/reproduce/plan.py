@@ -237,9 +237,7 @@ def make_plan(
                     knob = KNOBS[codec]
                     for value in values if knob else (None,):
                         setting = None if value is None else (knob, value)
-                        runs.append(
-                            _run(preset, base, dataset, scheme, codec, None, seed, setting)
-                        )
+                        runs.append(_run(preset, base, dataset, scheme, codec, None, seed, setting))
     _check_shapes(bases, (*preset.codecs, *preset.classic))
     return Plan(preset, bases, tuple(runs), count)
 

@@ -35,13 +35,19 @@ REACH = (
     f"reaches NC's minus {NC_MARGIN:g}, and its best MJI. A point of the grid, not an "
     "interpolation: a finer grid may reach it at a lower rate."
 )
+ORDER = (
+    "Per learned curve: Spearman's ρ of the seed-mean BPP-T against λ (1: the rate never falls "
+    "as λ grows; ties, such as points at the stream's fixed cost, count as ties), the decades of "
+    "BPP-T between its lowest and highest point, and the test MJI at the lowest λ against NC's."
+)
 CURVES = (
     "Mean ± std over seeds of each variant at each λ; CR is the compression ratio of the test "
     "features, bytes are what crossed the split points (and in total) during training."
 )
 FILES = (
     "`runs.csv` (one row per run), `curves.csv` (seed means and stds), `bd.csv` (Table 1), "
-    "`reach.csv` (the rate that reaches NC), and each run's folder "
+    "`reach.csv` (the rate that reaches NC), `order.csv` (how λ orders the rate), and each "
+    "run's folder "
     "`<dataset>/<scheme>-<codec>/lambda-<λ>/seed-<s>/` (classic codecs: `<knob>-<value>/` in "
     "place of `lambda-<λ>/`, none for fp16 and bf16; NC: `nc/seed-<s>/`)."
 )
@@ -53,6 +59,7 @@ def render(
     curves: Sequence[dict],
     bd: Sequence[dict],
     reach: Sequence[dict] = (),
+    order: Sequence[dict] = (),
 ) -> str:
     """The whole report as Markdown."""
     lines = [f"# SplitFedZip reproduction: preset `{r.plan.preset.name}`", ""]
@@ -60,6 +67,7 @@ def render(
     for dataset in r.plan.bases:
         lines += [f"## Curves: {dataset}", "", CURVES, ""]
         lines += _curves_table([c for c in curves if c["dataset"] == dataset]) + [""]
+    lines += ["## How λ orders the rate", "", ORDER, ""] + _order(order) + [""]
     lines += [f"## The rate that reaches NC − {NC_MARGIN:g}", "", REACH, ""]
     lines += _reach(reach, r.plan.bases) + [""]
     lines += ["## Table 1: BD against ae", "", TABLE_1, ""]
@@ -171,6 +179,17 @@ def _reach(reach: Sequence[dict], datasets: Sequence[str]) -> list[str]:
             rows.append([x["variant"], rate, x["setting"] or "-", _num(x["test_mji"], ".3f"), best])
         out += [*_table(head, rows), ""]
     return out
+
+
+def _order(order: Sequence[dict]) -> list[str]:
+    """Markdown table of :func:`aggregate.order_rows`."""
+    head = ["dataset", "variant", "λ points", "Spearman ρ", "span (decades)", "BPP-T range",
+            "MJI at lowest λ", "below NC by"]  # fmt: skip
+    rows = [[o["dataset"], o["variant"], str(o["points"]), _num(o["spearman"], ".2f"),
+             f"{o['span_decades']:.2f}", f"{o['rate_low']:.3g} - {o['rate_high']:.3g}",
+             f"{o['mji_low']:.3f} (λ {o['lambda_low']:g})", _num(o["mji_below_nc"], ".3f")]
+            for o in order]  # fmt: skip
+    return _table(head, rows) if rows else ["No learned curve finished."]
 
 
 def _verdict(rows: Sequence[dict]) -> str:
