@@ -5,7 +5,7 @@ hyper-latent and the latent). Each stream pays for its own flush, so a message o
 paid B (or 2B) times the coder's final state and padding, plus a length prefix each. Here every
 symbol of a message, whatever entropy model it belongs to, goes into one buffered rANS encoder
 in decoding order; the receiver reads them back in the same order, each run with its own CDF
-tables. The payload is that single stream followed by a CRC32 of the symbols it codes.
+tables. The payload is that single stream followed by a 16-bit CRC of the symbols it codes.
 
 The coder flushes its final state as a 64-bit word, but at the rates of a well-trained codec a
 message's content is a few bits and the state a little over 2^31: its high bytes are zeros.
@@ -20,8 +20,8 @@ intact bytes, and rANS never notices. :meth:`SymbolReader.finish` does.
 
 from __future__ import annotations
 
+import binascii
 import struct
-import zlib
 
 import numpy as np
 import torch
@@ -31,9 +31,14 @@ from torch import Tensor
 
 from .base import CodecError
 
-_CHECK = struct.Struct("<I")
-#: The symbol check that ends every stream: CRC32 of the symbols as little-endian int32.
+_CHECK = struct.Struct("<H")
+#: The symbol check that ends every stream: CRC-16-CCITT of the symbols as little-endian int32.
+#: 16 bits, not 32: a receiver whose tables differ does so for every message, so a mismatch
+#: that one check misses (1 in 65,536) the next ones catch, and at the rates of a trained codec
+#: two more bytes per message are a third of its size (docs/deployment.md, "Decode integrity").
 CHECK_SIZE = _CHECK.size
+# CRC-16-CCITT's usual start value: with 0, a run of zero symbols would check to 0.
+_CRC_INIT = 0xFFFF
 #: Bytes of the coder's final state in a payload: 5 to 8, as few as hold it (5, not 4, so that
 #: the count modulo 4 tells them apart). The state is never below the coder's bound 2^31.
 STATE_SIZES = range(5, 9)
@@ -50,7 +55,7 @@ MAX_SYMBOL_BYTES = 8
 # above its renormalisation bound, so every guard word yields at least 7 of the 4-bit escape
 # reads; the escape length hostile bytes can claim grows by 15 per nibble; hence at most
 # 15 * 8 / 7 < 18 guard words per input word, plus one per symbol (32 and 2 with margin).
-_GUARD = _CHECK.pack(0x80000000)
+_GUARD = struct.pack("<I", 0x80000000)
 _GUARD_PER_WORD, _GUARD_PER_SYMBOL, _GUARD_BASE = 32, 2, 256
 
 #: An entropy model's quantized CDFs, their lengths and offsets, as the rANS coder takes them.
@@ -71,8 +76,8 @@ def _flat(t: Tensor) -> list[int]:
 
 
 def _crc(values: list[int], crc: int) -> int:
-    """CRC32 of ``values`` as little-endian int32, continuing from ``crc``."""
-    return zlib.crc32(np.asarray(values, dtype="<i4").tobytes(), crc)
+    """CRC-16-CCITT of ``values`` as little-endian int32, continuing from ``crc``."""
+    return binascii.crc_hqx(np.asarray(values, dtype="<i4").tobytes(), crc)
 
 
 class SymbolMismatch(CodecError):
@@ -89,7 +94,7 @@ class SymbolWriter:
         self._table: Tables | None = None
         self._symbols: list[int] = []
         self._indexes: list[int] = []
-        self._crc = 0
+        self._crc = _CRC_INIT
 
     def write(self, symbols: Tensor, indexes: Tensor, table: Tables) -> None:
         """Append ``symbols`` (integers), coded with ``table[indexes]``."""
@@ -113,7 +118,7 @@ class SymbolWriter:
         self.write(symbols, model._build_indexes(y.size()), tables(model))
 
     def flush(self) -> bytes:
-        """The stream of every symbol written, then the symbols' CRC32."""
+        """The stream of every symbol written, then the symbols' check."""
         self._hand_over()
         return compact(self._encoder.flush()) + _CHECK.pack(self._crc)
 
@@ -145,7 +150,7 @@ class SymbolReader:
         guard = _GUARD_PER_WORD * (len(stream) // 4) + _GUARD_PER_SYMBOL * symbols + _GUARD_BASE
         self._decoder = RansDecoder()
         self._decoder.set_stream(bytes(stream) + _GUARD * guard)
-        self._read, self._crc = 0, 0
+        self._read, self._crc = 0, _CRC_INIT
 
     def read(self, indexes: Tensor, table: Tables) -> Tensor:
         """The next ``indexes.numel()`` symbols, shaped like ``indexes``."""
@@ -181,7 +186,7 @@ class SymbolReader:
         if self._crc != self._expected:
             raise SymbolMismatch(
                 f"codec {self.codec!r}: decoded {self.symbols} symbols other than were coded "
-                f"(symbol CRC32 {self._crc:08x}, the sender's {self._expected:08x})"
+                f"(symbol CRC {self._crc:04x}, the sender's {self._expected:04x})"
             )
 
     def __enter__(self) -> SymbolReader:
