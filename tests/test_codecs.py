@@ -147,7 +147,7 @@ def test_decoding_is_identical_with_one_and_two_threads(name):
         decoded = []
         for n in (1, 2):
             torch.set_num_threads(n)
-            # Each decode checks the symbols it read against the sender's CRC32: the same
+            # Each decode checks the symbols it read against the sender's CRC: the same
             # symbols, whatever the thread count (Cheng's entropy parameters included).
             decoded.append(codec.decompress(data, tuple(x.shape)))
             with torch.no_grad():
