@@ -130,6 +130,14 @@ def test_jobs_give_the_same_results_as_one_process(tmp_path):
         assert a == b and "test_mji" in a
 
 
+def test_a_pool_starts_the_costliest_runs_of_a_seed_first():
+    runs = make_plan(load_preset("quick")).runs
+    order = [runs[i] for i in runner.pool_order(runs, range(len(runs)))]
+    first = [r.variant for r in order[:2]]
+    assert first == ["fg-cheng2020-attn"] * 2 and order[-1].variant == "nc"
+    assert {r.seed for r in order[: len(order) // 2]} == {0}
+
+
 def _untimed(path) -> dict:
     """A summary without its timings, which differ from run to run."""
     summary = json.loads(path.read_text())

@@ -173,9 +173,10 @@ def _train(runs: Sequence[Run], todo: list[int], out: Path, jobs: int):
             yield i, _outcome(runs[i], *attempt(runs[i].config, str(out / runs[i].path)))
         return
     threads = max(1, cores() // jobs)
+    order = pool_order(runs, todo)
     with ProcessPoolExecutor(max_workers=jobs, mp_context=_context()) as pool:
         futures: dict[Future, int] = {
-            pool.submit(attempt, runs[i].config, str(out / runs[i].path), threads): i for i in todo
+            pool.submit(attempt, runs[i].config, str(out / runs[i].path), threads): i for i in order
         }
         try:
             for future in as_completed(futures):
@@ -187,6 +188,21 @@ def _train(runs: Sequence[Run], todo: list[int], out: Path, jobs: int):
         finally:
             for future in futures:
                 future.cancel()  # on Ctrl-C or an error: start nothing more
+
+
+def pool_order(runs: Sequence[Run], todo: Sequence[int]) -> list[int]:
+    """The order a pool starts ``todo`` (indexes into ``runs``): seed by seed, and within a
+    seed the costliest first, so that the last minutes go to short runs, not to one Cheng run
+    while the other workers sit idle."""
+    return sorted(todo, key=lambda i: (runs[i].seed, *(-x for x in cost_rank(runs[i]))))
+
+
+def cost_rank(run: Run) -> tuple[int, int]:
+    """How costly a run is likely to be, to order a pool's queue: cheng2020-attn, then ae, then
+    classic codecs, then NC; within a codec, the more crossings a scheme codes the costlier."""
+    if run.variant == "nc":
+        return (0, 0)
+    return ({"cheng2020-attn": 3, "ae": 2}.get(run.config.codec, 1), len(run.config.scheme))
 
 
 def _context() -> multiprocessing.context.BaseContext:
