@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import lzma
 import math
+import struct
 from collections.abc import Mapping
 
 import torch
@@ -14,10 +15,16 @@ from torch import Tensor
 from ..wire import pack_state, tensor_from_bytes, tensor_to_bytes, unpack_state
 
 #: federation.weights_codec -> the codec id its weights frames carry (0: raw float32 state).
-WEIGHTS_CODECS = {"float32": 0, "float16": 1, "int8": 2}
+WEIGHTS_CODECS = {"float32": 0, "float16": 1, "int8": 2, "int4": 3, "int2": 4}
+#: The integer codecs' largest level: the update divided by max|update| / QMAX, rounded.
+#: int2 is ternary (-1, 0, +1 times the row's largest update), as in TernGrad.
+QMAX = {"int8": 127, "int4": 7, "int2": 1}
 #: xz preset: on real updates 7-9% smaller than zlib -9, and -9 gains nothing (docs/protocol.md).
 PRESET = 6
-_QMAX = 127
+#: Ahead of the xz stream: the size of the packed float32 state the payload stands for (what
+#: the float32 exchange would send), for the ledger's uncoded bytes; the receiver checks it.
+_UNCODED = struct.Struct("<Q")
+_XZ_MAGIC = b"\xfd7zXZ\x00"
 
 
 class UpdateError(ValueError):
@@ -29,14 +36,45 @@ def state_digest(state: Mapping[str, Tensor]) -> str:
     return hashlib.sha256(pack_state(state)).hexdigest()
 
 
-def _int8(delta: Tensor) -> tuple[Tensor, Tensor]:
+def uncoded_size(payload: bytes | memoryview) -> int | None:
+    """The packed float32 size a coded payload declares; None for any other payload.
+
+    A coded payload is the size, then an xz stream; a float32 state (``pack_state``) has
+    UTF-8 JSON where the stream's magic would be, and UTF-8 never holds its byte 0xFD.
+    """
+    head = bytes(payload[: _UNCODED.size + len(_XZ_MAGIC)])
+    if head[_UNCODED.size :] != _XZ_MAGIC:
+        return None
+    return _UNCODED.unpack_from(head)[0]
+
+
+def _check_uncoded(payload: bytes, expected: int) -> None:
+    declared = uncoded_size(payload)
+    if declared != expected:
+        raise UpdateError(
+            f"the update stands for a {declared}-byte model, the receiver's is {expected} bytes"
+        )
+
+
+def _levels(delta: Tensor, codec: str) -> tuple[Tensor, Tensor]:
     # Per output channel (dim 0) for weight tensors, per tensor for vectors: the rows of a
-    # convolution differ in range by orders of magnitude.
+    # convolution differ in range by orders of magnitude. Levels are stored one per byte
+    # whatever their number: xz packs the few distinct values of int4 and int2 by itself.
+    qmax = QMAX[codec]
     rows = delta.reshape(delta.shape[0], -1) if delta.dim() >= 2 else delta.reshape(1, -1)
     amax = rows.abs().amax(dim=1)
-    scale = torch.where(amax > 0, amax / _QMAX, torch.ones_like(amax))
-    q = torch.round(rows / scale[:, None]).clamp_(-_QMAX, _QMAX).to(torch.int8)
+    scale = torch.where(amax > 0, amax / qmax, torch.ones_like(amax))
+    q = torch.round(rows / scale[:, None]).clamp_(-qmax, qmax).to(torch.int8)
     return q.reshape(delta.shape), scale
+
+
+def _dequantise(name: str, q: Tensor, scale: Tensor, codec: str) -> Tensor:
+    """Levels times their row's scale; UpdateError names a tensor whose levels are out of range."""
+    qmax = QMAX[codec]
+    if q.numel() and int(q.abs().max()) > qmax:
+        raise UpdateError(f"{name!r}: levels beyond ±{qmax}, which {codec} never sends")
+    rows = q.shape[0] if q.dim() >= 2 else 1
+    return (q.float().reshape(rows, -1) * scale[:, None]).reshape(q.shape)
 
 
 def encode_update(
@@ -61,9 +99,10 @@ def encode_update(
                 raise UpdateError(f"{name!r}: the update overflows float16")
             blobs.append(tensor_to_bytes(half))
         else:
-            q, scale = _int8(delta)
+            q, scale = _levels(delta, codec)
             blobs += [tensor_to_bytes(scale), tensor_to_bytes(q)]
-    payload = lzma.compress(b"".join(blobs), preset=PRESET)
+    uncoded = _UNCODED.pack(len(pack_state(state)))
+    payload = uncoded + lzma.compress(b"".join(blobs), preset=PRESET)
     return payload, decode_update(payload, reference, codec)
 
 
@@ -71,16 +110,18 @@ def decode_update(payload: bytes, reference: Mapping[str, Tensor], codec: str) -
     """The model ``reference`` plus the decoded update; UpdateError names the bad tensor."""
     size = sum(
         v.numel() * (2 if codec == "float16" else 1)
-        + (4 * (v.shape[0] if v.dim() >= 2 else 1) if codec == "int8" else 0)
+        + (4 * (v.shape[0] if v.dim() >= 2 else 1) if codec in QMAX else 0)
         if v.is_floating_point()
         else v.numel() * v.dtype.itemsize
         for v in reference.values()
     )
     # Never inflate more than the reference implies: a small hostile payload could expand to
     # gigabytes.
+    # A model of other names, shapes or dtypes packs to another size: refused before inflating.
+    _check_uncoded(payload, len(pack_state(reference)))
     unpack = lzma.LZMADecompressor()
     try:
-        data = memoryview(unpack.decompress(payload, max_length=size + 1))
+        data = memoryview(unpack.decompress(payload[_UNCODED.size :], max_length=size + 1))
     except lzma.LZMAError as e:
         raise UpdateError(f"the update does not decode: {e}") from None
     if not unpack.eof or unpack.unused_data:
@@ -105,7 +146,7 @@ def decode_update(payload: bytes, reference: Mapping[str, Tensor], codec: str) -
             rows = ref.shape[0] if ref.dim() >= 2 else 1
             scale = take(name, (rows,), torch.float32)
             q = take(name, tuple(ref.shape), torch.int8)
-            delta = (q.float().reshape(rows, -1) * scale[:, None]).reshape(ref.shape)
+            delta = _dequantise(name, q, scale, codec)
         value = (ref.float() + delta).to(ref.dtype)
         if not bool(torch.isfinite(value).all()):
             raise UpdateError(f"{name!r}: the updated values are not finite")
@@ -143,9 +184,10 @@ def encode_state(
             if not bool(torch.isfinite(parts[name]).all()):
                 raise UpdateError(f"{name!r}: the update overflows float16")
         else:
-            parts[name], parts[name + "#scale"] = _int8(delta)
-    payload = lzma.compress(pack_state(parts), preset=PRESET)
-    return payload, decode_state(payload, reference, codec, len(pack_state(parts)))
+            parts[name], parts[name + "#scale"] = _levels(delta, codec)
+    packed = pack_state(parts)
+    payload = _UNCODED.pack(len(pack_state(state))) + lzma.compress(packed, preset=PRESET)
+    return payload, decode_state(payload, reference, codec, len(packed))
 
 
 def _same(base: Tensor | None, value: Tensor) -> bool:
@@ -161,7 +203,7 @@ def decode_state(
     """Inverse of :func:`encode_state`, inflating at most ``limit`` bytes."""
     unpack = lzma.LZMADecompressor()
     try:
-        parts = unpack_state(unpack.decompress(payload, max_length=limit + 1))
+        parts = unpack_state(unpack.decompress(payload[_UNCODED.size :], max_length=limit + 1))
     except (lzma.LZMAError, ValueError) as e:
         raise UpdateError(f"the coded state does not decode: {e}") from None
     if not unpack.eof or unpack.unused_data:
@@ -177,12 +219,12 @@ def decode_state(
             continue
         if part.dtype in (torch.float16, torch.int8) and part.dtype == want:
             delta = part.float()
-            if codec == "int8":
+            if codec in QMAX:
                 rows = part.shape[0] if part.dim() >= 2 else 1
                 scale = parts.get(name + "#scale")
                 if scale is None or scale.dtype != torch.float32 or scale.shape != (rows,):
                     raise UpdateError(f"{name!r}: no float32 scales for its {rows} channels")
-                delta = (delta.reshape(rows, -1) * scale[:, None]).reshape(part.shape)
+                delta = _dequantise(name, part, scale, codec)
             base = held.get(name)
             value = delta + base if _same(base, delta) else delta
             if not bool(torch.isfinite(value).all()):
@@ -192,4 +234,5 @@ def decode_state(
             raise UpdateError(f"{name!r}: update is {part.dtype}, {codec} codes {want}")
         else:
             out[name] = part
+    _check_uncoded(payload, len(pack_state(out)))
     return out
