@@ -45,6 +45,11 @@ def _uncoded(frame: Frame, size: int) -> int:
     return size if declared is None else size - len(frame.payload) + declared
 
 
+def _frame_key(r: LedgerRow) -> tuple:
+    """What tells one frame from another in both parties' ledgers."""
+    return (r.client, r.direction, r.round, r.epoch, r.batch, r.phase, r.split, r.kind, r.bytes)
+
+
 class Ledger:
     """Thread-safe list of :class:`LedgerRow`; written as ``ledger.csv``."""
 
@@ -90,6 +95,18 @@ class Ledger:
             w.writeheader()
             for row in self.rows:
                 w.writerow({k: ("" if v is None else v) for k, v in asdict(row).items()})
+
+    def adopt_estimates(self, sender: Ledger) -> None:
+        """Copy ``sender``'s est_bits onto the same frames as recorded here by their receiver
+        (the codec's estimate is known to the sender only)."""
+        known: dict[tuple, list[float]] = {}
+        for r in sender.rows:
+            if r.est_bits is not None:
+                known.setdefault(_frame_key(r), []).append(r.est_bits)
+        for r in self.rows:
+            queue = known.get(_frame_key(r)) if r.est_bits is None else None
+            if queue:
+                r.est_bits = queue.pop(0)
 
     @staticmethod
     def read_csv(path: str | Path) -> Ledger:
