@@ -67,6 +67,8 @@ def test_update_round_trip_is_bit_identical_and_within_the_quantisation_step(cod
             continue
         # At most half a level of the row's scale (max |update| / levels) off.
         step = (v - ref[k]).abs().max()
+        if codec in ("int4", "int2") and v.dim() < 2:
+            tolerance = 1e-3  # vectors (BatchNorm's running_var among them) cross as float16
         assert (decoded[k] - v).abs().max() <= tolerance * step / 2 + 1e-7, k
 
 
@@ -96,8 +98,11 @@ def test_a_corrupted_or_mismatched_update_names_what_is_wrong():
     other = dict(ref) | {first: torch.zeros(3, *ref[first].shape[1:])}
     with pytest.raises(UpdateError, match="stands for a .*-byte model, the receiver's is"):
         decode_update(payload, other, "int8")
+    ternary, _ = encode_update(new, ref, "int2")
+    values = bytearray(_values(ternary))
+    values[4 * ref[first].shape[0]] = 5  # the first level, after the first tensor's scales
     with pytest.raises(UpdateError, match=f"{first!r}: levels beyond ±1"):
-        decode_update(payload, ref, "int2")
+        decode_update(_recoded(ternary, bytes(values)), ref, "int2")
 
 
 def test_a_bad_submission_is_refused_naming_round_client_and_tensor():
@@ -118,7 +123,7 @@ def test_a_bad_submission_is_refused_naming_round_client_and_tensor():
         asyncio.run(go())
 
 
-@pytest.mark.parametrize("codec", ["float16", "int8"])
+@pytest.mark.parametrize("codec", ["float16", "int8", "int2"])
 def test_every_client_holds_the_servers_global_model_bit_for_bit(monkeypatch, codec):
     clients = []
     real = train.Client
@@ -155,7 +160,7 @@ def test_every_client_holds_the_servers_global_model_bit_for_bit(monkeypatch, co
         assert sum(r[column] for r in rows) == s[column], column
 
 
-@pytest.mark.parametrize("codec", ["float16", "int8"])
+@pytest.mark.parametrize("codec", ["float16", "int8", "int2"])
 def test_lossy_codec_snapshots_decode_bit_identically_over_many_batches(codec):
     torch.manual_seed(0)
     opts = CodecConfig(sync_every=1, lr=1e-2)

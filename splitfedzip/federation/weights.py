@@ -19,6 +19,10 @@ WEIGHTS_CODECS = {"float32": 0, "float16": 1, "int8": 2, "int4": 3, "int2": 4}
 #: The integer codecs' largest level: the update divided by max|update| / QMAX, rounded.
 #: int2 is ternary (-1, 0, +1 times the row's largest update), as in TernGrad.
 QMAX = {"int8": 127, "int4": 7, "int2": 1}
+#: Codecs whose levels are too coarse for vectors: biases, norms and BatchNorm statistics
+#: (under 1% of the values) cross as float16 differences instead. A ternary update to
+#: running_var made variances negative and the model NaN (docs/protocol.md).
+_COARSE = ("int4", "int2")
 #: xz preset: on real updates 7-9% smaller than zlib -9, and -9 gains nothing (docs/protocol.md).
 PRESET = 6
 #: Ahead of the xz stream: the size of the packed float32 state the payload stands for (what
@@ -68,6 +72,11 @@ def _levels(delta: Tensor, codec: str) -> tuple[Tensor, Tensor]:
     return q.reshape(delta.shape), scale
 
 
+def _halved(codec: str, like: Tensor) -> bool:
+    """Whether a floating-point tensor's update crosses as float16 under ``codec``."""
+    return codec == "float16" or (codec in _COARSE and like.dim() < 2)
+
+
 def _dequantise(name: str, q: Tensor, scale: Tensor, codec: str) -> Tensor:
     """Levels times their row's scale; UpdateError names a tensor whose levels are out of range."""
     qmax = QMAX[codec]
@@ -93,7 +102,7 @@ def encode_update(
             blobs.append(tensor_to_bytes(value - ref))  # integer counters: exact
             continue
         delta = value.float() - ref.float()
-        if codec == "float16":
+        if _halved(codec, ref):
             half = delta.to(torch.float16)
             if not bool(torch.isfinite(half).all()):
                 raise UpdateError(f"{name!r}: the update overflows float16")
@@ -109,8 +118,7 @@ def encode_update(
 def decode_update(payload: bytes, reference: Mapping[str, Tensor], codec: str) -> dict[str, Tensor]:
     """The model ``reference`` plus the decoded update; UpdateError names the bad tensor."""
     size = sum(
-        v.numel() * (2 if codec == "float16" else 1)
-        + (4 * (v.shape[0] if v.dim() >= 2 else 1) if codec in QMAX else 0)
+        (2 * v.numel() if _halved(codec, v) else v.numel() + 4 * (v.shape[0] if v.dim() > 1 else 1))
         if v.is_floating_point()
         else v.numel() * v.dtype.itemsize
         for v in reference.values()
@@ -140,7 +148,7 @@ def decode_update(payload: bytes, reference: Mapping[str, Tensor], codec: str) -
         if not ref.is_floating_point():
             out[name] = ref + take(name, tuple(ref.shape), ref.dtype)
             continue
-        if codec == "float16":
+        if _halved(codec, ref):
             delta = take(name, tuple(ref.shape), torch.float16).float()
         else:
             rows = ref.shape[0] if ref.dim() >= 2 else 1
@@ -179,7 +187,7 @@ def encode_state(
             continue
         base = held.get(name)
         delta = value.float() - (base.float() if _same(base, value) else 0.0)
-        if codec == "float16":
+        if _halved(codec, value):
             parts[name] = delta.to(torch.float16)
             if not bool(torch.isfinite(parts[name]).all()):
                 raise UpdateError(f"{name!r}: the update overflows float16")
@@ -212,14 +220,14 @@ def decode_state(
     tag = parts.pop(_REFERENCE, None)
     if tag is None or tag.shape != (1,) or int(tag[0]) != version:
         raise UpdateError(f"the coded state refers to version {tag}, the receiver holds {version}")
-    want = torch.float16 if codec == "float16" else torch.int8
     out = {}
     for name, part in parts.items():
         if name.endswith("#scale"):
             continue
+        want = torch.float16 if _halved(codec, part) else torch.int8
         if part.dtype in (torch.float16, torch.int8) and part.dtype == want:
             delta = part.float()
-            if codec in QMAX:
+            if want == torch.int8:
                 rows = part.shape[0] if part.dim() >= 2 else 1
                 scale = parts.get(name + "#scale")
                 if scale is None or scale.dtype != torch.float32 or scale.shape != (rows,):
