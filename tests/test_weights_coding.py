@@ -188,3 +188,22 @@ def test_lossy_codec_snapshots_decode_bit_identically_over_many_batches(codec):
         CodecReceiver(make_codec("ae", 4, latent_channels=8), torch.device("cpu"), codec).sync(
             version, sync
         )
+
+
+def test_a_corrupted_coded_sync_names_the_tensor():
+    torch.manual_seed(0)
+    sender = CodecSender(make_codec("ae", 4, latent_channels=8), 1.0, CodecConfig(), "int2")
+    rx = CodecReceiver(make_codec("ae", 4, latent_channels=8), torch.device("cpu"), "int2")
+    version, sync = sender.publish()
+    data = _values(sync)
+    # Values only cross: the receiver takes names and shapes from its own decoder.
+    floats = [k for k, v in rx.codec.decoder_state().items() if v.is_floating_point()]
+    assert not any(k.encode() in data for k in floats)
+    with pytest.raises(SyncError, match=f"version 1: {floats[-1]!r}: the coded state ends 1 bytes"):
+        rx.sync(version, _recoded(sync, data[:-1]))
+    with pytest.raises(SyncError, match="1 bytes after the last tensor"):
+        rx.sync(version, _recoded(sync, data + b"x"))
+    rx.sync(version, sync)
+    assert state_digest(rx.codec.decoder_state()) == state_digest(
+        sender._snapshots[0][1].decoder_state()
+    )

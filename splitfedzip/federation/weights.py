@@ -165,6 +165,7 @@ def decode_update(payload: bytes, reference: Mapping[str, Tensor], codec: str) -
 
 
 _REFERENCE = "#reference"  # the version of the state an update was coded against (0: none)
+_TABLES = struct.Struct("<I")  # length of the packed integer tables ahead of the values
 
 
 def encode_state(
@@ -172,30 +173,38 @@ def encode_state(
     reference: tuple[int, Mapping[str, Tensor]] | None,
     codec: str,
 ) -> tuple[bytes, dict[str, Tensor]]:
-    """A self-describing coded state (codec syncs): floating-point tensors as updates to the
-    same-shaped tensor of ``reference`` (version, state) or to zero, integer tables whole; and
-    the state the receiver reconstructs (the sender adopts that one, bit for bit)."""
+    """A coded state (codec syncs): the version it updates and the integer tables whole, then
+    the floating-point tensors' values only, as updates to the same-shaped tensor of
+    ``reference`` (version, state) or to zero; and the state the receiver reconstructs (the
+    sender adopts that one, bit for bit)."""
     if WEIGHTS_CODECS.get(codec, 0) == 0:
         raise ValueError(f"weights codec {codec!r} codes no update")
     version, held = reference if reference is not None else (0, {})
-    parts: dict[str, Tensor] = {_REFERENCE: torch.tensor([version], dtype=torch.int64)}
+    tables: dict[str, Tensor] = {_REFERENCE: torch.tensor([version], dtype=torch.int64)}
+    blobs = []
+    # The receiver's own decoder has the same floating-point tensors (their shapes do not
+    # depend on the weights), so their names and shapes need not cross: only the tables',
+    # which grow with the weights.
     for name, value in state.items():
         if not value.is_floating_point():
             if value.dtype in (torch.float16, torch.int8, torch.uint8):
                 raise UpdateError(f"{name!r}: {value.dtype} tables cannot cross coded")
-            parts[name] = value
+            tables[name] = value
             continue
         base = held.get(name)
         delta = value.float() - (base.float() if _same(base, value) else 0.0)
         if _halved(codec, value):
-            parts[name] = delta.to(torch.float16)
-            if not bool(torch.isfinite(parts[name]).all()):
+            half = delta.to(torch.float16)
+            if not bool(torch.isfinite(half).all()):
                 raise UpdateError(f"{name!r}: the update overflows float16")
+            blobs.append(tensor_to_bytes(half))
         else:
-            parts[name], parts[name + "#scale"] = _levels(delta, codec)
-    packed = pack_state(parts)
-    payload = _UNCODED.pack(len(pack_state(state))) + lzma.compress(packed, preset=PRESET)
-    return payload, decode_state(payload, reference, codec, len(packed))
+            q, scale = _levels(delta, codec)
+            blobs += [tensor_to_bytes(scale), tensor_to_bytes(q)]
+    packed = pack_state(tables)
+    data = _TABLES.pack(len(packed)) + packed + b"".join(blobs)
+    payload = _UNCODED.pack(len(pack_state(state))) + lzma.compress(data, preset=PRESET)
+    return payload, decode_state(payload, reference, codec, len(data), state)
 
 
 def _same(base: Tensor | None, value: Tensor) -> bool:
@@ -207,40 +216,64 @@ def decode_state(
     reference: tuple[int, Mapping[str, Tensor]] | None,
     codec: str,
     limit: int,
+    layout: Mapping[str, Tensor],
 ) -> dict[str, Tensor]:
-    """Inverse of :func:`encode_state`, inflating at most ``limit`` bytes."""
+    """Inverse of :func:`encode_state`, inflating at most ``limit`` bytes; ``layout`` (the
+    receiver's own decoder state) gives the floating-point tensors' names, shapes and order."""
     unpack = lzma.LZMADecompressor()
     try:
-        parts = unpack_state(unpack.decompress(payload[_UNCODED.size :], max_length=limit + 1))
-    except (lzma.LZMAError, ValueError) as e:
+        data = memoryview(unpack.decompress(payload[_UNCODED.size :], max_length=limit + 1))
+    except lzma.LZMAError as e:
         raise UpdateError(f"the coded state does not decode: {e}") from None
     if not unpack.eof or unpack.unused_data:
         raise UpdateError(f"the coded state is not one complete xz stream of at most {limit} bytes")
+    if len(data) < _TABLES.size:
+        raise UpdateError("the coded state ends before its tables")
+    (n,) = _TABLES.unpack_from(data)
+    pos = _TABLES.size + n
+    if pos > len(data):
+        raise UpdateError(f"the coded state's tables ({n} bytes) run past its end")
+    try:
+        tables = unpack_state(data[_TABLES.size : pos])
+    except ValueError as e:
+        raise UpdateError(f"the coded state's tables do not decode: {e}") from None
     version, held = reference if reference is not None else (0, {})
-    tag = parts.pop(_REFERENCE, None)
+    tag = tables.pop(_REFERENCE, None)
     if tag is None or tag.shape != (1,) or int(tag[0]) != version:
         raise UpdateError(f"the coded state refers to version {tag}, the receiver holds {version}")
+    if any(t.is_floating_point() for t in tables.values()):
+        raise UpdateError("the coded state's tables hold floating-point tensors")
+
+    def take(name: str, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
+        nonlocal pos
+        size = math.prod(shape) * dtype.itemsize
+        if pos + size > len(data):
+            short = pos + size - len(data)
+            raise UpdateError(f"{name!r}: the coded state ends {short} bytes short")
+        pos += size
+        return tensor_from_bytes(data[pos - size : pos], shape, dtype)
+
     out = {}
-    for name, part in parts.items():
-        if name.endswith("#scale"):
+    for name, like in layout.items():
+        if not like.is_floating_point():
+            if name not in tables:
+                raise UpdateError(f"{name!r}: the coded state lacks this table")
+            out[name] = tables.pop(name)
             continue
-        want = torch.float16 if _halved(codec, part) else torch.int8
-        if part.dtype in (torch.float16, torch.int8) and part.dtype == want:
-            delta = part.float()
-            if want == torch.int8:
-                rows = part.shape[0] if part.dim() >= 2 else 1
-                scale = parts.get(name + "#scale")
-                if scale is None or scale.dtype != torch.float32 or scale.shape != (rows,):
-                    raise UpdateError(f"{name!r}: no float32 scales for its {rows} channels")
-                delta = _dequantise(name, part, scale, codec)
-            base = held.get(name)
-            value = delta + base if _same(base, delta) else delta
-            if not bool(torch.isfinite(value).all()):
-                raise UpdateError(f"{name!r}: the updated values are not finite")
-            out[name] = value
-        elif part.is_floating_point():
-            raise UpdateError(f"{name!r}: update is {part.dtype}, {codec} codes {want}")
+        shape = tuple(like.shape)
+        if _halved(codec, like):
+            delta = take(name, shape, torch.float16).float()
         else:
-            out[name] = part
+            scale = take(name, (shape[0] if len(shape) > 1 else 1,), torch.float32)
+            delta = _dequantise(name, take(name, shape, torch.int8), scale, codec)
+        base = held.get(name)
+        value = delta + base if _same(base, delta) else delta
+        if not bool(torch.isfinite(value).all()):
+            raise UpdateError(f"{name!r}: the updated values are not finite")
+        out[name] = value
+    if tables:
+        raise UpdateError(f"the coded state has tables the receiver has not: {list(tables)[:5]}")
+    if pos != len(data):
+        raise UpdateError(f"{len(data) - pos} bytes after the last tensor of the coded state")
     _check_uncoded(payload, len(pack_state(out)))
     return out
