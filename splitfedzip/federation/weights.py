@@ -72,9 +72,18 @@ def _levels(delta: Tensor, codec: str) -> tuple[Tensor, Tensor]:
     return q.reshape(delta.shape), scale
 
 
-def _halved(codec: str, like: Tensor) -> bool:
-    """Whether a floating-point tensor's update crosses as float16 under ``codec``."""
-    return codec == "float16" or (codec in _COARSE and like.dim() < 2)
+def _halved(codec: str, ndim: int) -> bool:
+    """Whether the update of a floating-point tensor of ``ndim`` dimensions crosses as float16."""
+    return codec == "float16" or (codec in _COARSE and ndim < 2)
+
+
+def _coded_size(v: Tensor, codec: str) -> int:
+    """Bytes of one tensor's update before compression."""
+    if not v.is_floating_point():
+        return v.numel() * v.dtype.itemsize
+    if _halved(codec, v.dim()):
+        return 2 * v.numel()
+    return v.numel() + 4 * (v.shape[0] if v.dim() > 1 else 1)
 
 
 def _dequantise(name: str, q: Tensor, scale: Tensor, codec: str) -> Tensor:
@@ -102,7 +111,7 @@ def encode_update(
             blobs.append(tensor_to_bytes(value - ref))  # integer counters: exact
             continue
         delta = value.float() - ref.float()
-        if _halved(codec, ref):
+        if _halved(codec, ref.dim()):
             half = delta.to(torch.float16)
             if not bool(torch.isfinite(half).all()):
                 raise UpdateError(f"{name!r}: the update overflows float16")
@@ -117,12 +126,7 @@ def encode_update(
 
 def decode_update(payload: bytes, reference: Mapping[str, Tensor], codec: str) -> dict[str, Tensor]:
     """The model ``reference`` plus the decoded update; UpdateError names the bad tensor."""
-    size = sum(
-        (2 * v.numel() if _halved(codec, v) else v.numel() + 4 * (v.shape[0] if v.dim() > 1 else 1))
-        if v.is_floating_point()
-        else v.numel() * v.dtype.itemsize
-        for v in reference.values()
-    )
+    size = sum(_coded_size(v, codec) for v in reference.values())
     # Never inflate more than the reference implies: a small hostile payload could expand to
     # gigabytes.
     # A model of other names, shapes or dtypes packs to another size: refused before inflating.
@@ -148,7 +152,7 @@ def decode_update(payload: bytes, reference: Mapping[str, Tensor], codec: str) -
         if not ref.is_floating_point():
             out[name] = ref + take(name, tuple(ref.shape), ref.dtype)
             continue
-        if _halved(codec, ref):
+        if _halved(codec, ref.dim()):
             delta = take(name, tuple(ref.shape), torch.float16).float()
         else:
             rows = ref.shape[0] if ref.dim() >= 2 else 1
@@ -166,6 +170,9 @@ def decode_update(payload: bytes, reference: Mapping[str, Tensor], codec: str) -
 
 _REFERENCE = "#reference"  # the version of the state an update was coded against (0: none)
 _TABLES = struct.Struct("<I")  # length of the packed integer tables ahead of the values
+#: The floating-point tensors' shapes, (ndim, dims...) after one another: a few have shapes
+#: that depend on the weights (a Gaussian conditional's scale_table is empty until update()).
+_SHAPES = "#shapes"
 
 
 def encode_state(
@@ -181,19 +188,19 @@ def encode_state(
         raise ValueError(f"weights codec {codec!r} codes no update")
     version, held = reference if reference is not None else (0, {})
     tables: dict[str, Tensor] = {_REFERENCE: torch.tensor([version], dtype=torch.int64)}
-    blobs = []
-    # The receiver's own decoder has the same floating-point tensors (their shapes do not
-    # depend on the weights), so their names and shapes need not cross: only the tables',
-    # which grow with the weights.
+    blobs, shapes = [], []
+    # The receiver's own decoder has the same floating-point tensors in the same order, so
+    # their names need not cross: their shapes (a few grow with the weights) and values do.
     for name, value in state.items():
         if not value.is_floating_point():
             if value.dtype in (torch.float16, torch.int8, torch.uint8):
                 raise UpdateError(f"{name!r}: {value.dtype} tables cannot cross coded")
             tables[name] = value
             continue
+        shapes += [value.dim(), *value.shape]
         base = held.get(name)
         delta = value.float() - (base.float() if _same(base, value) else 0.0)
-        if _halved(codec, value):
+        if _halved(codec, value.dim()):
             half = delta.to(torch.float16)
             if not bool(torch.isfinite(half).all()):
                 raise UpdateError(f"{name!r}: the update overflows float16")
@@ -201,6 +208,7 @@ def encode_state(
         else:
             q, scale = _levels(delta, codec)
             blobs += [tensor_to_bytes(scale), tensor_to_bytes(q)]
+    tables[_SHAPES] = torch.tensor(shapes, dtype=torch.int64)
     packed = pack_state(tables)
     data = _TABLES.pack(len(packed)) + packed + b"".join(blobs)
     payload = _UNCODED.pack(len(pack_state(state))) + lzma.compress(data, preset=PRESET)
@@ -243,6 +251,17 @@ def decode_state(
         raise UpdateError(f"the coded state refers to version {tag}, the receiver holds {version}")
     if any(t.is_floating_point() for t in tables.values()):
         raise UpdateError("the coded state's tables hold floating-point tensors")
+    dims = tables.pop(_SHAPES, torch.zeros(0, dtype=torch.int64)).tolist()
+    if any(d < 0 for d in dims):
+        raise UpdateError("the coded state gives a negative dimension")
+
+    def shape_of(name: str) -> tuple[int, ...]:
+        ndim = dims.pop(0) if dims else None
+        if ndim is None or ndim > len(dims):
+            raise UpdateError(f"{name!r}: the coded state gives no shape for it")
+        shape = tuple(dims[:ndim])
+        del dims[:ndim]
+        return shape
 
     def take(name: str, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
         nonlocal pos
@@ -260,8 +279,8 @@ def decode_state(
                 raise UpdateError(f"{name!r}: the coded state lacks this table")
             out[name] = tables.pop(name)
             continue
-        shape = tuple(like.shape)
-        if _halved(codec, like):
+        shape = shape_of(name)
+        if _halved(codec, len(shape)):
             delta = take(name, shape, torch.float16).float()
         else:
             scale = take(name, (shape[0] if len(shape) > 1 else 1,), torch.float32)
@@ -271,8 +290,9 @@ def decode_state(
         if not bool(torch.isfinite(value).all()):
             raise UpdateError(f"{name!r}: the updated values are not finite")
         out[name] = value
-    if tables:
-        raise UpdateError(f"the coded state has tables the receiver has not: {list(tables)[:5]}")
+    if tables or dims:
+        extra = list(tables)[:5] or "shapes"
+        raise UpdateError(f"the coded state has {extra} the receiver's decoder has not")
     if pos != len(data):
         raise UpdateError(f"{len(data) - pos} bytes after the last tensor of the coded state")
     _check_uncoded(payload, len(pack_state(out)))
