@@ -208,7 +208,7 @@ def encode_state(
         else:
             q, scale = _levels(delta, codec)
             blobs += [tensor_to_bytes(scale), tensor_to_bytes(q)]
-    tables[_SHAPES] = torch.tensor(shapes, dtype=torch.int64)
+    tables[_SHAPES] = torch.tensor(shapes, dtype=torch.int32)
     packed = pack_state(tables)
     data = _TABLES.pack(len(packed)) + packed + b"".join(blobs)
     payload = _UNCODED.pack(len(pack_state(state))) + lzma.compress(data, preset=PRESET)
@@ -251,7 +251,7 @@ def decode_state(
         raise UpdateError(f"the coded state refers to version {tag}, the receiver holds {version}")
     if any(t.is_floating_point() for t in tables.values()):
         raise UpdateError("the coded state's tables hold floating-point tensors")
-    dims = tables.pop(_SHAPES, torch.zeros(0, dtype=torch.int64)).tolist()
+    dims = tables.pop(_SHAPES, torch.zeros(0, dtype=torch.int32)).tolist()
     if any(d < 0 for d in dims):
         raise UpdateError("the coded state gives a negative dimension")
 
