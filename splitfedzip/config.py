@@ -146,9 +146,10 @@ class FederationConfig:
     #: still missing are dropped from that round and it completes with the others.
     round_timeout: float = 900.0
     #: How client submissions and global models cross: ``float32`` whole models, exact; or the
-    #: update to the model the receiver holds, quantised (``float16``, or ``int8`` per output
-    #: channel) and xz-compressed. The sender adopts what the receiver reconstructs.
-    weights_codec: Literal["float32", "float16", "int8"] = "float32"
+    #: update to the model the receiver holds, quantised (``float16``, or ``int8``, ``int4``,
+    #: ``int2`` levels per output channel) and xz-compressed. The sender adopts what the
+    #: receiver reconstructs.
+    weights_codec: Literal["float32", "float16", "int8", "int4", "int2"] = "float32"
 
 
 @dataclass

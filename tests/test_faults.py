@@ -171,3 +171,17 @@ def test_launch_goes_on_without_a_client_that_died(tmp_path: Path) -> None:
         allowed = [[0, 1]] if r < event["round"] else [[0]] if r > event["round"] else [[0], [0, 1]]
         assert rec["participants"] in allowed, s["rounds"]
     assert 0 <= s["test_mji"] <= 1 and (out / "summary.json").is_file()
+    # Killed, it wrote no ledger; the servers' ledgers hold its traffic both ways, up to the
+    # epoch it died in.
+    assert not (out / "parts" / "ledger-client-1.csv").exists()
+    mine = [r for r in result.ledger.rows if r.client == 1]
+    sent = {(r.direction, r.kind, r.phase, r.round, r.epoch) for r in mine}
+    for peer in ("main", "federation"):
+        assert ("client->" + peer, "control", "train", 0, 0) in sent, peer  # its join
+    for direction in ("client->main", "main->client"):
+        assert (direction, "feature", "train", 0, 1) in sent, direction
+    # A message's first frame carries its wire bytes: every answer had its request recorded.
+    messages = [r.direction for r in mine if r.wire_bytes is not None]
+    answers = sum(d.endswith("->client") for d in messages)
+    assert sum(d.startswith("client->") for d in messages) >= answers > 0
+    assert s["bytes_total"] == result.ledger.total(None, ("train", "val"))

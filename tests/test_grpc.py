@@ -63,8 +63,12 @@ def test_round_trip_and_ledger() -> None:
         finally:
             await server.stop(None)
         assert [r.direction for r in client_ledger.rows] == ["client->main"] * 2
-        assert [r.direction for r in server_ledger.rows] == ["main->client"] * 2
-        assert client_ledger.rows[0].est_bits == 12.5
+        # The server records both ways: its ledger alone holds every frame.
+        assert [r.direction for r in server_ledger.rows] == ["client->main", "main->client"] * 2
+        assert [r.bytes for r in server_ledger.rows[::2]] == [r.bytes for r in client_ledger.rows]
+        assert client_ledger.rows[0].est_bits == 12.5 and server_ledger.rows[0].est_bits is None
+        server_ledger.adopt_estimates(client_ledger)  # what only the sender knows
+        assert [r.est_bits for r in server_ledger.rows[::2]] == [12.5, 12.5]
         big = client_ledger.rows[1]
         # 100 kB spans 7 HTTP/2 DATA frames: 5 prefix bytes + 7 * 9 header bytes of overhead.
         assert big.wire_bytes == wire_bytes(big.bytes) == big.bytes + 5 + 7 * 9

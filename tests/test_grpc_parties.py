@@ -201,8 +201,9 @@ def test_hostile_client_is_refused_and_the_others_run_completes():
 
 
 def test_coded_weights_and_lossy_snapshots_over_grpc_decode_exactly():
-    # fg: lossy snapshots cross both ways; int8: updates in every weights frame but the test's.
-    cfg = load_config(None, [*TINY, "scheme=fg", "federation.weights_codec=int8"])
+    # fg: lossy snapshots cross both ways; int2 (ternary, the lossiest): updates in every
+    # weights frame but the test's.
+    cfg = load_config(None, [*TINY, "scheme=fg", "federation.weights_codec=int2"])
     held = {}
 
     async def keeps(site: Site, cid: int) -> ClientResult:
@@ -217,6 +218,7 @@ def test_coded_weights_and_lossy_snapshots_over_grpc_decode_exactly():
         finally:
             held[cid] = client.reference
             held["site"] = site
+            held["client", cid] = client
             await main.close()
             await fed.close()
 
@@ -227,3 +229,17 @@ def test_coded_weights_and_lossy_snapshots_over_grpc_decode_exactly():
     for cid in (0, 1):
         r, state = held[cid]
         assert r == final and state_digest(state) == fed.digest(final)
+    # Every tensor of the run decoded to the sender's symbols (the receivers check a CRC32 of
+    # them), and at the end each receiver holds, bit for bit, the decoder of the snapshot its
+    # sender codes with: both ways, for both clients, after every lossy sync of the run.
+    main = held["site"].main
+    for cid in (0, 1):
+        client, peer = held["client", cid], main.peers[cid]
+        pairs = (
+            (client.s1f, 0, peer.rx_s1f), (client.s2g, 0, peer.rx_s2g),
+            (peer.replica.s2f, cid, client.rx_s2f), (peer.replica.s1g, cid, client.rx_s1g),
+        )  # fmt: skip
+        for sender, receiver, rx in pairs:
+            version, snap = sender._snapshots[receiver]
+            assert version == rx.version >= 3
+            assert state_digest(snap.decoder_state()) == state_digest(rx.codec.decoder_state())

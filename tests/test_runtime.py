@@ -103,6 +103,11 @@ def test_metrics_rows_add_up_to_summary(fg_run):
         assert sum(r[column] for r in rows) == s[key], column
     assert s["bytes_federation"] == s["bytes_weights"] + s["bytes_codec_sync"]
     assert s["bytes_weights"] > 0 and s["bytes_codec_sync"] > 0 and s["bytes_control"] > 0
+    # The float32 exchange codes nothing: its bytes before coding are its bytes.
+    for kind in ("weights", "codec_sync", "federation", "total"):
+        assert s[f"bytes_{kind}_uncoded"] == s[f"bytes_{kind}"], kind
+    for kind in ("weights", "codec_sync"):
+        assert sum(r[f"bytes_{kind}_uncoded"] for r in rows) == s[f"bytes_{kind}"], kind
     for r in rows:
         parts = ("bytes_features", "bytes_gradients", "bytes_weights", "bytes_codec_sync",
                  "bytes_control")  # fmt: skip

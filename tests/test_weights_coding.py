@@ -11,12 +11,13 @@ import torch
 from splitfedzip.codecs import make_codec
 from splitfedzip.config import CodecConfig, load_config
 from splitfedzip.experiments import train
-from splitfedzip.experiments.train import run_embedded
+from splitfedzip.experiments.train import metrics_rows, run_embedded
 from splitfedzip.federation.weights import (
     UpdateError,
     decode_update,
     encode_update,
     state_digest,
+    uncoded_size,
 )
 from splitfedzip.parties.crossing import CodecReceiver, CodecSender, SyncError
 from splitfedzip.parties.federation_server import FederationServer, SubmissionRefused
@@ -49,7 +50,9 @@ def _models(seed: int = 0):
     return ref, new
 
 
-@pytest.mark.parametrize("codec, tolerance", [("float16", 1e-3), ("int8", 1 / 127)])
+@pytest.mark.parametrize(
+    "codec, tolerance", [("float16", 1e-3), ("int8", 1 / 127), ("int4", 1 / 7), ("int2", 1 / 1)]
+)
 def test_update_round_trip_is_bit_identical_and_within_the_quantisation_step(codec, tolerance):
     ref, new = _models()
     payload, adopted = encode_update(new, ref, codec)
@@ -57,12 +60,25 @@ def test_update_round_trip_is_bit_identical_and_within_the_quantisation_step(cod
     # The receiver reconstructs exactly the model the sender adopted.
     assert state_digest(decoded) == state_digest(adopted)
     assert len(payload) < len(pack_state(new)) / 2  # random updates: the worst case
+    assert uncoded_size(payload) == len(pack_state(new))  # what float32 would have sent
     for k, v in new.items():
         if not v.is_floating_point():
             assert torch.equal(decoded[k], v), k  # integer counters cross exactly
             continue
+        # At most half a level of the row's scale (max |update| / levels) off.
         step = (v - ref[k]).abs().max()
-        assert (decoded[k] - v).abs().max() <= tolerance * step + 1e-7, k
+        # Vectors (BatchNorm's running_var among them) cross as float16 under int4 and int2.
+        bound = 1e-3 if codec in ("int4", "int2") and v.dim() < 2 else tolerance
+        assert (decoded[k] - v).abs().max() <= bound * step / 2 + 1e-7, k
+
+
+def _recoded(payload: bytes, values: bytes) -> bytes:
+    """``payload``'s declared size ahead of an xz stream of other ``values``."""
+    return payload[:8] + lzma.compress(values)
+
+
+def _values(payload: bytes) -> bytes:
+    return lzma.decompress(payload[8:])
 
 
 def test_a_corrupted_or_mismatched_update_names_what_is_wrong():
@@ -71,13 +87,22 @@ def test_a_corrupted_or_mismatched_update_names_what_is_wrong():
     with pytest.raises(UpdateError, match="does not decode"):
         decode_update(payload[:-9] + bytes(9), ref, "int8")
     first = next(iter(ref))
-    short = lzma.compress(lzma.decompress(payload)[:10])
+    short = _recoded(payload, _values(payload)[:10])
     with pytest.raises(UpdateError, match=f"{first!r}: the update ends"):
         decode_update(short, ref, "int8")
     with pytest.raises(UpdateError, match="bytes after the last tensor"):
-        decode_update(lzma.compress(lzma.decompress(payload) + b"x"), ref, "int8")
+        decode_update(_recoded(payload, _values(payload) + b"x"), ref, "int8")
     with pytest.raises(UpdateError, match="expected size"):  # inflates no further than that
-        decode_update(lzma.compress(bytes(10**7)), ref, "int8")
+        decode_update(_recoded(payload, bytes(10**7)), ref, "int8")
+    # An update to a model of other shapes, and levels no int2 sender writes.
+    other = dict(ref) | {first: torch.zeros(3, *ref[first].shape[1:])}
+    with pytest.raises(UpdateError, match="stands for a .*-byte model, the receiver's is"):
+        decode_update(payload, other, "int8")
+    ternary, _ = encode_update(new, ref, "int2")
+    values = bytearray(_values(ternary))
+    values[4 * ref[first].shape[0]] = 5  # the first level, after the first tensor's scales
+    with pytest.raises(UpdateError, match=f"{first!r}: levels beyond ±1"):
+        decode_update(_recoded(ternary, bytes(values)), ref, "int2")
 
 
 def test_a_bad_submission_is_refused_naming_round_client_and_tensor():
@@ -85,7 +110,7 @@ def test_a_bad_submission_is_refused_naming_round_client_and_tensor():
     server = FederationServer(cfg, 2, 2, deadlines=False)
     ref = server.globals[0]
     payload, _ = encode_update(ref, ref, "int8")
-    short = lzma.compress(lzma.decompress(payload)[:10])
+    short = _recoded(payload, _values(payload)[:10])
     ids = Ids(round=0, client=1)
 
     async def go():
@@ -98,7 +123,7 @@ def test_a_bad_submission_is_refused_naming_round_client_and_tensor():
         asyncio.run(go())
 
 
-@pytest.mark.parametrize("codec", ["float16", "int8"])
+@pytest.mark.parametrize("codec", ["float16", "int8", "int2"])
 def test_every_client_holds_the_servers_global_model_bit_for_bit(monkeypatch, codec):
     clients = []
     real = train.Client
@@ -119,9 +144,23 @@ def test_every_client_holds_the_servers_global_model_bit_for_bit(monkeypatch, co
     weights = [r for r in res.ledger.rows if r.kind == "weights" and r.phase != "test"]
     whole = len(pack_state(server.globals[0]))
     assert weights and all(r.bytes < whole / 3 for r in weights)
+    # Before and after coding: each coded frame stands for the float32 frame of its model.
+    [test_frame] = [r for r in res.ledger.rows if r.kind == "weights" and r.phase == "test"]
+    assert all(r.uncoded_bytes == test_frame.bytes for r in weights)
+    s = res.summary
+    assert s["bytes_weights_uncoded"] == len(weights) * test_frame.bytes > s["bytes_weights"]
+    assert s["bytes_codec_sync_uncoded"] > s["bytes_codec_sync"]
+    uncoded = s["bytes_weights_uncoded"] + s["bytes_codec_sync_uncoded"]
+    assert s["bytes_federation_uncoded"] == uncoded
+    assert s["bytes_total_uncoded"] - s["bytes_total"] == (
+        s["bytes_federation_uncoded"] - s["bytes_federation"]
+    )
+    rows = metrics_rows(res)
+    for column in ("bytes_weights_uncoded", "bytes_codec_sync_uncoded"):
+        assert sum(r[column] for r in rows) == s[column], column
 
 
-@pytest.mark.parametrize("codec", ["float16", "int8"])
+@pytest.mark.parametrize("codec", ["float16", "int8", "int2"])
 def test_lossy_codec_snapshots_decode_bit_identically_over_many_batches(codec):
     torch.manual_seed(0)
     opts = CodecConfig(sync_every=1, lr=1e-2)
@@ -149,3 +188,22 @@ def test_lossy_codec_snapshots_decode_bit_identically_over_many_batches(codec):
         CodecReceiver(make_codec("ae", 4, latent_channels=8), torch.device("cpu"), codec).sync(
             version, sync
         )
+
+
+def test_a_corrupted_coded_sync_names_the_tensor():
+    torch.manual_seed(0)
+    sender = CodecSender(make_codec("ae", 4, latent_channels=8), 1.0, CodecConfig(), "int2")
+    rx = CodecReceiver(make_codec("ae", 4, latent_channels=8), torch.device("cpu"), "int2")
+    version, sync = sender.publish()
+    data = _values(sync)
+    # Values only cross: the receiver takes names and shapes from its own decoder.
+    floats = [k for k, v in rx.codec.decoder_state().items() if v.is_floating_point()]
+    assert not any(k.encode() in data for k in floats)
+    with pytest.raises(SyncError, match=f"version 1: {floats[-1]!r}: the coded state ends 1 bytes"):
+        rx.sync(version, _recoded(sync, data[:-1]))
+    with pytest.raises(SyncError, match="1 bytes after the last tensor"):
+        rx.sync(version, _recoded(sync, data + b"x"))
+    rx.sync(version, sync)
+    assert state_digest(rx.codec.decoder_state()) == state_digest(
+        sender._snapshots[0][1].decoder_state()
+    )

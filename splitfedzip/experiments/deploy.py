@@ -447,13 +447,17 @@ def launch(
             procs.wait(name, min(deadline, time.monotonic() + 30))
     finally:
         procs.stop_all()
+    # The servers record every frame both ways, a killed client's included; the clients'
+    # ledgers (absent for a killed one) add only the estimates of the tensors they coded.
     ledger = Ledger()
     lost = {f["process"] for f in failed}
-    for name in [*(f"client-{i}" for i in range(n)), "main", "federation"]:
-        path = parts / f"ledger-{name}.csv"
-        if name in lost and not path.exists():
-            continue  # killed before writing it: the servers' rows of its traffic remain
-        ledger.extend(Ledger.read_csv(path).rows)
+    for name in ("main", "federation"):
+        ledger.extend(Ledger.read_csv(parts / f"ledger-{name}.csv").rows)
+    for i in range(n):
+        path = parts / f"ledger-client-{i}.csv"
+        if f"client-{i}" in lost and not path.exists():
+            continue  # killed before writing it
+        ledger.adopt_estimates(Ledger.read_csv(path))
     results, test_images = [], None
     for i in range(n):
         path = parts / f"client-{i}.json"

@@ -157,6 +157,12 @@ BYTES_COLUMNS = {
     Kind.CONTROL.label: "bytes_control",
 }
 
+#: Ledger frame kinds that weights coding shrinks -> their metrics.csv column before coding.
+UNCODED_COLUMNS = {
+    Kind.WEIGHTS.label: "bytes_weights_uncoded",
+    Kind.CODEC_SYNC.label: "bytes_codec_sync_uncoded",
+}
+
 
 def metrics_rows(result: RunResult) -> list[dict[str, Any]]:
     """One row per round: losses and the bytes that crossed in that round."""
@@ -178,6 +184,9 @@ def metrics_rows(result: RunResult) -> list[dict[str, Any]]:
         rec = rounds.setdefault(row.round, {"round": row.round, "_train": [], "_val": []})
         key = BYTES_COLUMNS[row.kind]
         rec[key] = rec.get(key, 0) + row.bytes
+        if row.kind in UNCODED_COLUMNS:
+            key = UNCODED_COLUMNS[row.kind]
+            rec[key] = rec.get(key, 0) + (row.uncoded_bytes or row.bytes)
     out = []
     for r in sorted(rounds):
         row = rounds[r]
@@ -191,6 +200,7 @@ def metrics_rows(result: RunResult) -> list[dict[str, Any]]:
             **counts,
             "bytes_federation": counts["bytes_weights"] + counts["bytes_codec_sync"],
             "bytes_total": sum(counts.values()),
+            **{k: row.get(k, 0) for k in UNCODED_COLUMNS.values()},
         })  # fmt: skip
     return out
 

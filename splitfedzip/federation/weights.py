@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import lzma
 import math
+import struct
 from collections.abc import Mapping
 
 import torch
@@ -14,10 +15,20 @@ from torch import Tensor
 from ..wire import pack_state, tensor_from_bytes, tensor_to_bytes, unpack_state
 
 #: federation.weights_codec -> the codec id its weights frames carry (0: raw float32 state).
-WEIGHTS_CODECS = {"float32": 0, "float16": 1, "int8": 2}
+WEIGHTS_CODECS = {"float32": 0, "float16": 1, "int8": 2, "int4": 3, "int2": 4}
+#: The integer codecs' largest level: the update divided by max|update| / QMAX, rounded.
+#: int2 is ternary (-1, 0, +1 times the row's largest update), as in TernGrad.
+QMAX = {"int8": 127, "int4": 7, "int2": 1}
+#: Codecs whose levels are too coarse for vectors: biases, norms and BatchNorm statistics
+#: (under 1% of the values) cross as float16 differences instead. A ternary update to
+#: running_var made variances negative and the model NaN (docs/protocol.md).
+_COARSE = ("int4", "int2")
 #: xz preset: on real updates 7-9% smaller than zlib -9, and -9 gains nothing (docs/protocol.md).
 PRESET = 6
-_QMAX = 127
+#: Ahead of the xz stream: the size of the packed float32 state the payload stands for (what
+#: the float32 exchange would send), for the ledger's uncoded bytes; the receiver checks it.
+_UNCODED = struct.Struct("<Q")
+_XZ_MAGIC = b"\xfd7zXZ\x00"
 
 
 class UpdateError(ValueError):
@@ -29,14 +40,59 @@ def state_digest(state: Mapping[str, Tensor]) -> str:
     return hashlib.sha256(pack_state(state)).hexdigest()
 
 
-def _int8(delta: Tensor) -> tuple[Tensor, Tensor]:
+def uncoded_size(payload: bytes | memoryview) -> int | None:
+    """The packed float32 size a coded payload declares; None for any other payload.
+
+    A coded payload is the size, then an xz stream; a float32 state (``pack_state``) has
+    UTF-8 JSON where the stream's magic would be, and UTF-8 never holds its byte 0xFD.
+    """
+    head = bytes(payload[: _UNCODED.size + len(_XZ_MAGIC)])
+    if head[_UNCODED.size :] != _XZ_MAGIC:
+        return None
+    return _UNCODED.unpack_from(head)[0]
+
+
+def _check_uncoded(payload: bytes, expected: int) -> None:
+    declared = uncoded_size(payload)
+    if declared != expected:
+        raise UpdateError(
+            f"the update stands for a {declared}-byte model, the receiver's is {expected} bytes"
+        )
+
+
+def _levels(delta: Tensor, codec: str) -> tuple[Tensor, Tensor]:
     # Per output channel (dim 0) for weight tensors, per tensor for vectors: the rows of a
-    # convolution differ in range by orders of magnitude.
+    # convolution differ in range by orders of magnitude. Levels are stored one per byte
+    # whatever their number: xz packs the few distinct values of int4 and int2 by itself.
+    qmax = QMAX[codec]
     rows = delta.reshape(delta.shape[0], -1) if delta.dim() >= 2 else delta.reshape(1, -1)
     amax = rows.abs().amax(dim=1)
-    scale = torch.where(amax > 0, amax / _QMAX, torch.ones_like(amax))
-    q = torch.round(rows / scale[:, None]).clamp_(-_QMAX, _QMAX).to(torch.int8)
+    scale = torch.where(amax > 0, amax / qmax, torch.ones_like(amax))
+    q = torch.round(rows / scale[:, None]).clamp_(-qmax, qmax).to(torch.int8)
     return q.reshape(delta.shape), scale
+
+
+def _halved(codec: str, ndim: int) -> bool:
+    """Whether the update of a floating-point tensor of ``ndim`` dimensions crosses as float16."""
+    return codec == "float16" or (codec in _COARSE and ndim < 2)
+
+
+def _coded_size(v: Tensor, codec: str) -> int:
+    """Bytes of one tensor's update before compression."""
+    if not v.is_floating_point():
+        return v.numel() * v.dtype.itemsize
+    if _halved(codec, v.dim()):
+        return 2 * v.numel()
+    return v.numel() + 4 * (v.shape[0] if v.dim() > 1 else 1)
+
+
+def _dequantise(name: str, q: Tensor, scale: Tensor, codec: str) -> Tensor:
+    """Levels times their row's scale; UpdateError names a tensor whose levels are out of range."""
+    qmax = QMAX[codec]
+    if q.numel() and int(q.abs().max()) > qmax:
+        raise UpdateError(f"{name!r}: levels beyond ±{qmax}, which {codec} never sends")
+    rows = q.shape[0] if q.dim() >= 2 else 1
+    return (q.float().reshape(rows, -1) * scale[:, None]).reshape(q.shape)
 
 
 def encode_update(
@@ -55,32 +111,29 @@ def encode_update(
             blobs.append(tensor_to_bytes(value - ref))  # integer counters: exact
             continue
         delta = value.float() - ref.float()
-        if codec == "float16":
+        if _halved(codec, ref.dim()):
             half = delta.to(torch.float16)
             if not bool(torch.isfinite(half).all()):
                 raise UpdateError(f"{name!r}: the update overflows float16")
             blobs.append(tensor_to_bytes(half))
         else:
-            q, scale = _int8(delta)
+            q, scale = _levels(delta, codec)
             blobs += [tensor_to_bytes(scale), tensor_to_bytes(q)]
-    payload = lzma.compress(b"".join(blobs), preset=PRESET)
+    uncoded = _UNCODED.pack(len(pack_state(state)))
+    payload = uncoded + lzma.compress(b"".join(blobs), preset=PRESET)
     return payload, decode_update(payload, reference, codec)
 
 
 def decode_update(payload: bytes, reference: Mapping[str, Tensor], codec: str) -> dict[str, Tensor]:
     """The model ``reference`` plus the decoded update; UpdateError names the bad tensor."""
-    size = sum(
-        v.numel() * (2 if codec == "float16" else 1)
-        + (4 * (v.shape[0] if v.dim() >= 2 else 1) if codec == "int8" else 0)
-        if v.is_floating_point()
-        else v.numel() * v.dtype.itemsize
-        for v in reference.values()
-    )
+    size = sum(_coded_size(v, codec) for v in reference.values())
     # Never inflate more than the reference implies: a small hostile payload could expand to
     # gigabytes.
+    # A model of other names, shapes or dtypes packs to another size: refused before inflating.
+    _check_uncoded(payload, len(pack_state(reference)))
     unpack = lzma.LZMADecompressor()
     try:
-        data = memoryview(unpack.decompress(payload, max_length=size + 1))
+        data = memoryview(unpack.decompress(payload[_UNCODED.size :], max_length=size + 1))
     except lzma.LZMAError as e:
         raise UpdateError(f"the update does not decode: {e}") from None
     if not unpack.eof or unpack.unused_data:
@@ -99,13 +152,13 @@ def decode_update(payload: bytes, reference: Mapping[str, Tensor], codec: str) -
         if not ref.is_floating_point():
             out[name] = ref + take(name, tuple(ref.shape), ref.dtype)
             continue
-        if codec == "float16":
+        if _halved(codec, ref.dim()):
             delta = take(name, tuple(ref.shape), torch.float16).float()
         else:
             rows = ref.shape[0] if ref.dim() >= 2 else 1
             scale = take(name, (rows,), torch.float32)
             q = take(name, tuple(ref.shape), torch.int8)
-            delta = (q.float().reshape(rows, -1) * scale[:, None]).reshape(ref.shape)
+            delta = _dequantise(name, q, scale, codec)
         value = (ref.float() + delta).to(ref.dtype)
         if not bool(torch.isfinite(value).all()):
             raise UpdateError(f"{name!r}: the updated values are not finite")
@@ -116,6 +169,10 @@ def decode_update(payload: bytes, reference: Mapping[str, Tensor], codec: str) -
 
 
 _REFERENCE = "#reference"  # the version of the state an update was coded against (0: none)
+_TABLES = struct.Struct("<I")  # length of the packed integer tables ahead of the values
+#: The floating-point tensors' shapes, (ndim, dims...) after one another: a few have shapes
+#: that depend on the weights (a Gaussian conditional's scale_table is empty until update()).
+_SHAPES = "#shapes"
 
 
 def encode_state(
@@ -123,29 +180,39 @@ def encode_state(
     reference: tuple[int, Mapping[str, Tensor]] | None,
     codec: str,
 ) -> tuple[bytes, dict[str, Tensor]]:
-    """A self-describing coded state (codec syncs): floating-point tensors as updates to the
-    same-shaped tensor of ``reference`` (version, state) or to zero, integer tables whole; and
-    the state the receiver reconstructs (the sender adopts that one, bit for bit)."""
+    """A coded state (codec syncs): the version it updates and the integer tables whole, then
+    the floating-point tensors' values only, as updates to the same-shaped tensor of
+    ``reference`` (version, state) or to zero; and the state the receiver reconstructs (the
+    sender adopts that one, bit for bit)."""
     if WEIGHTS_CODECS.get(codec, 0) == 0:
         raise ValueError(f"weights codec {codec!r} codes no update")
     version, held = reference if reference is not None else (0, {})
-    parts: dict[str, Tensor] = {_REFERENCE: torch.tensor([version], dtype=torch.int64)}
+    tables: dict[str, Tensor] = {_REFERENCE: torch.tensor([version], dtype=torch.int64)}
+    blobs, shapes = [], []
+    # The receiver's own decoder has the same floating-point tensors in the same order, so
+    # their names need not cross: their shapes (a few grow with the weights) and values do.
     for name, value in state.items():
         if not value.is_floating_point():
             if value.dtype in (torch.float16, torch.int8, torch.uint8):
                 raise UpdateError(f"{name!r}: {value.dtype} tables cannot cross coded")
-            parts[name] = value
+            tables[name] = value
             continue
+        shapes += [value.dim(), *value.shape]
         base = held.get(name)
         delta = value.float() - (base.float() if _same(base, value) else 0.0)
-        if codec == "float16":
-            parts[name] = delta.to(torch.float16)
-            if not bool(torch.isfinite(parts[name]).all()):
+        if _halved(codec, value.dim()):
+            half = delta.to(torch.float16)
+            if not bool(torch.isfinite(half).all()):
                 raise UpdateError(f"{name!r}: the update overflows float16")
+            blobs.append(tensor_to_bytes(half))
         else:
-            parts[name], parts[name + "#scale"] = _int8(delta)
-    payload = lzma.compress(pack_state(parts), preset=PRESET)
-    return payload, decode_state(payload, reference, codec, len(pack_state(parts)))
+            q, scale = _levels(delta, codec)
+            blobs += [tensor_to_bytes(scale), tensor_to_bytes(q)]
+    tables[_SHAPES] = torch.tensor(shapes, dtype=torch.int32)
+    packed = pack_state(tables)
+    data = _TABLES.pack(len(packed)) + packed + b"".join(blobs)
+    payload = _UNCODED.pack(len(pack_state(state))) + lzma.compress(data, preset=PRESET)
+    return payload, decode_state(payload, reference, codec, len(data), state)
 
 
 def _same(base: Tensor | None, value: Tensor) -> bool:
@@ -157,39 +224,76 @@ def decode_state(
     reference: tuple[int, Mapping[str, Tensor]] | None,
     codec: str,
     limit: int,
+    layout: Mapping[str, Tensor],
 ) -> dict[str, Tensor]:
-    """Inverse of :func:`encode_state`, inflating at most ``limit`` bytes."""
+    """Inverse of :func:`encode_state`, inflating at most ``limit`` bytes; ``layout`` (the
+    receiver's own decoder state) gives the floating-point tensors' names, shapes and order."""
     unpack = lzma.LZMADecompressor()
     try:
-        parts = unpack_state(unpack.decompress(payload, max_length=limit + 1))
-    except (lzma.LZMAError, ValueError) as e:
+        data = memoryview(unpack.decompress(payload[_UNCODED.size :], max_length=limit + 1))
+    except lzma.LZMAError as e:
         raise UpdateError(f"the coded state does not decode: {e}") from None
     if not unpack.eof or unpack.unused_data:
         raise UpdateError(f"the coded state is not one complete xz stream of at most {limit} bytes")
+    if len(data) < _TABLES.size:
+        raise UpdateError("the coded state ends before its tables")
+    (n,) = _TABLES.unpack_from(data)
+    pos = _TABLES.size + n
+    if pos > len(data):
+        raise UpdateError(f"the coded state's tables ({n} bytes) run past its end")
+    try:
+        tables = unpack_state(data[_TABLES.size : pos])
+    except ValueError as e:
+        raise UpdateError(f"the coded state's tables do not decode: {e}") from None
     version, held = reference if reference is not None else (0, {})
-    tag = parts.pop(_REFERENCE, None)
+    tag = tables.pop(_REFERENCE, None)
     if tag is None or tag.shape != (1,) or int(tag[0]) != version:
         raise UpdateError(f"the coded state refers to version {tag}, the receiver holds {version}")
-    want = torch.float16 if codec == "float16" else torch.int8
+    if any(t.is_floating_point() for t in tables.values()):
+        raise UpdateError("the coded state's tables hold floating-point tensors")
+    dims = tables.pop(_SHAPES, torch.zeros(0, dtype=torch.int32)).tolist()
+    if any(d < 0 for d in dims):
+        raise UpdateError("the coded state gives a negative dimension")
+
+    def shape_of(name: str) -> tuple[int, ...]:
+        ndim = dims.pop(0) if dims else None
+        if ndim is None or ndim > len(dims):
+            raise UpdateError(f"{name!r}: the coded state gives no shape for it")
+        shape = tuple(dims[:ndim])
+        del dims[:ndim]
+        return shape
+
+    def take(name: str, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
+        nonlocal pos
+        size = math.prod(shape) * dtype.itemsize
+        if pos + size > len(data):
+            short = pos + size - len(data)
+            raise UpdateError(f"{name!r}: the coded state ends {short} bytes short")
+        pos += size
+        return tensor_from_bytes(data[pos - size : pos], shape, dtype)
+
     out = {}
-    for name, part in parts.items():
-        if name.endswith("#scale"):
+    for name, like in layout.items():
+        if not like.is_floating_point():
+            if name not in tables:
+                raise UpdateError(f"{name!r}: the coded state lacks this table")
+            out[name] = tables.pop(name)
             continue
-        if part.dtype in (torch.float16, torch.int8) and part.dtype == want:
-            delta = part.float()
-            if codec == "int8":
-                rows = part.shape[0] if part.dim() >= 2 else 1
-                scale = parts.get(name + "#scale")
-                if scale is None or scale.dtype != torch.float32 or scale.shape != (rows,):
-                    raise UpdateError(f"{name!r}: no float32 scales for its {rows} channels")
-                delta = (delta.reshape(rows, -1) * scale[:, None]).reshape(part.shape)
-            base = held.get(name)
-            value = delta + base if _same(base, delta) else delta
-            if not bool(torch.isfinite(value).all()):
-                raise UpdateError(f"{name!r}: the updated values are not finite")
-            out[name] = value
-        elif part.is_floating_point():
-            raise UpdateError(f"{name!r}: update is {part.dtype}, {codec} codes {want}")
+        shape = shape_of(name)
+        if _halved(codec, len(shape)):
+            delta = take(name, shape, torch.float16).float()
         else:
-            out[name] = part
+            scale = take(name, (shape[0] if len(shape) > 1 else 1,), torch.float32)
+            delta = _dequantise(name, take(name, shape, torch.int8), scale, codec)
+        base = held.get(name)
+        value = delta + base if _same(base, delta) else delta
+        if not bool(torch.isfinite(value).all()):
+            raise UpdateError(f"{name!r}: the updated values are not finite")
+        out[name] = value
+    if tables or dims:
+        extra = list(tables)[:5] or "shapes"
+        raise UpdateError(f"the coded state has {extra} the receiver's decoder has not")
+    if pos != len(data):
+        raise UpdateError(f"{len(data) - pos} bytes after the last tensor of the coded state")
+    _check_uncoded(payload, len(pack_state(out)))
     return out

@@ -7,12 +7,14 @@ import threading
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from ..wire import Kind, decode_frame, frame_size
+from ..federation.weights import uncoded_size
+from ..wire import Frame, Kind, decode_frame, frame_size
 
 COLUMNS = (
     "round", "epoch", "batch", "client", "split", "direction", "kind", "bytes", "est_bits",
-    "phase", "wire_bytes",
+    "phase", "wire_bytes", "uncoded_bytes",
 )  # fmt: skip
+_CODED_KINDS = (Kind.WEIGHTS, Kind.CODEC_SYNC)
 
 
 @dataclass
@@ -30,6 +32,22 @@ class LedgerRow:
     bytes: int
     est_bits: float | None = None
     wire_bytes: int | None = None
+    #: The frame's size had its weights crossed as float32 (``federation.weights_codec``):
+    #: ``bytes`` for every frame but a coded weights or codec-sync frame.
+    uncoded_bytes: int | None = None
+
+
+def _uncoded(frame: Frame, size: int) -> int:
+    """The frame's size with the float32 state its coded payload declares in its place."""
+    if frame.header.kind not in _CODED_KINDS:
+        return size
+    declared = uncoded_size(frame.payload)
+    return size if declared is None else size - len(frame.payload) + declared
+
+
+def _frame_key(r: LedgerRow) -> tuple:
+    """What tells one frame from another in both parties' ledgers."""
+    return (r.client, r.direction, r.round, r.epoch, r.batch, r.phase, r.split, r.kind, r.bytes)
 
 
 class Ledger:
@@ -51,12 +69,12 @@ class Ledger:
         pos, index, rows = 0, 0, []
         while pos < len(message):
             n = frame_size(message[pos:])
-            h = decode_frame(message[pos : pos + n]).header
-            est = (estimates or {}).get(index)
+            frame = decode_frame(message[pos : pos + n])
+            h, est = frame.header, (estimates or {}).get(index)
             rows.append(
                 LedgerRow(
                     h.round, h.epoch, h.batch, h.client, h.phase.label, h.split.label,
-                    direction, h.kind.label, n, est, None,
+                    direction, h.kind.label, n, est, None, _uncoded(frame, n),
                 )
             )  # fmt: skip
             pos, index = pos + n, index + 1
@@ -77,6 +95,18 @@ class Ledger:
             w.writeheader()
             for row in self.rows:
                 w.writerow({k: ("" if v is None else v) for k, v in asdict(row).items()})
+
+    def adopt_estimates(self, sender: Ledger) -> None:
+        """Copy ``sender``'s est_bits onto the same frames as recorded here by their receiver
+        (the codec's estimate is known to the sender only)."""
+        known: dict[tuple, list[float]] = {}
+        for r in sender.rows:
+            if r.est_bits is not None:
+                known.setdefault(_frame_key(r), []).append(r.est_bits)
+        for r in self.rows:
+            queue = known.get(_frame_key(r)) if r.est_bits is None else None
+            if queue:
+                r.est_bits = queue.pop(0)
 
     @staticmethod
     def read_csv(path: str | Path) -> Ledger:
@@ -100,12 +130,16 @@ class Ledger:
         return ledger
 
     def total(
-        self, kinds: tuple[Kind, ...] | None = None, phases: tuple[str, ...] | None = None
+        self,
+        kinds: tuple[Kind, ...] | None = None,
+        phases: tuple[str, ...] | None = None,
+        uncoded: bool = False,
     ) -> int:
-        """Sum of frame bytes, filtered by frame kind and by phase (train, val, test)."""
+        """Sum of frame bytes, filtered by frame kind and by phase (train, val, test);
+        ``uncoded``: the sizes the frames had with the float32 weights exchange."""
         labels = None if kinds is None else {k.label for k in kinds}
         return sum(
-            r.bytes
+            (r.uncoded_bytes if uncoded and r.uncoded_bytes is not None else r.bytes)
             for r in self.rows
             if (labels is None or r.kind in labels) and (phases is None or r.phase in phases)
         )

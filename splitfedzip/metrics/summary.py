@@ -56,6 +56,9 @@ def summarize(
     weights = ledger.total((Kind.WEIGHTS,), TRAINING)
     syncs = ledger.total((Kind.CODEC_SYNC,), TRAINING)
     control = ledger.total((Kind.CONTROL,), TRAINING)
+    # The same frames had the weights crossed as float32 (equal when they did).
+    weights_uncoded = ledger.total((Kind.WEIGHTS,), TRAINING, uncoded=True)
+    syncs_uncoded = ledger.total((Kind.CODEC_SYNC,), TRAINING, uncoded=True)
     raw_bits = 8 * raw_split_bytes
     return {
         "test_mji": test["mji"],
@@ -78,5 +81,9 @@ def summarize(
         "bytes_federation": weights + syncs,
         "bytes_control": control,
         "bytes_total": features + gradients + weights + syncs + control,
+        "bytes_weights_uncoded": weights_uncoded,
+        "bytes_codec_sync_uncoded": syncs_uncoded,
+        "bytes_federation_uncoded": weights_uncoded + syncs_uncoded,
+        "bytes_total_uncoded": features + gradients + weights_uncoded + syncs_uncoded + control,
         "bytes_test": ledger.total(None, ("test",)),
     }

@@ -268,7 +268,9 @@ class CodecReceiver:
             # Entropy tables grow with the weights, so bound the inflation generously.
             limit = 4 * len(pack_state(self.codec.decoder_state())) + (1 << 20)
             try:
-                decoded = decode_state(state, self._held, self.sync_codec, limit)
+                decoded = decode_state(
+                    state, self._held, self.sync_codec, limit, self.codec.decoder_state()
+                )
             except UpdateError as e:
                 raise SyncError(f"codec sync version {version}: {e}") from None
             self.codec.load_decoder_state(decoded)

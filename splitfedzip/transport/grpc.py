@@ -233,6 +233,12 @@ class PartyService:
                         f"a frame names client {frame.header.client}, but this stream is "
                         f"client {client}'s"
                     )
+            if self.ledger is not None:
+                # The request crossed, whatever the party makes of it; recorded here too, so
+                # that the servers' ledgers hold every frame of a client that dies mid-run.
+                self.ledger.record_message(
+                    message, f"client->{self.peer}", wire_bytes=wire_bytes(len(message))
+                )
             reply = await self.handler.handle(message, client)
             if not isinstance(reply.message, bytes):
                 raise TypeError(f"handler answered {type(reply.message).__name__}, not bytes")
