@@ -74,7 +74,17 @@ class CodecSender:
         #: A classic codec's residual (``error_feedback``) and its last training forward.
         self._feedback = ErrorFeedback() if opts.error_feedback and self.classic else None
         self._coded: tuple[Tensor, Tensor, CodecOutput] | None = None
+        #: A frozen codec neither trains nor adds its rate to a loss (docs/baselines.md).
+        self.frozen = False
+        #: receivers that hold a snapshot published since the freeze: nothing new to send them
+        self._frozen_sent: set[int] = set()
         self.reset_optimizers()
+
+    def freeze(self) -> None:
+        """Stop training the codec for good: its weights no longer change, the task gradient
+        still flows through it to its input."""
+        self.frozen = True
+        self.live.requires_grad_(False)
 
     @property
     def learned(self) -> bool:
@@ -109,8 +119,10 @@ class CodecSender:
 
     def publish(self, receiver: int = 0) -> tuple[int, bytes] | None:
         """Freeze a snapshot for ``receiver``; returns (version, decoder state) to send."""
-        if not self.learned:
+        if not self.learned or (self.frozen and receiver in self._frozen_sent):
             return None
+        if self.frozen:
+            self._frozen_sent.add(receiver)
         snap = copy.deepcopy(self.live).eval()
         snap.update()
         self.version += 1
@@ -133,6 +145,7 @@ class CodecSender:
         self._sent.pop(receiver, None)
         self._stale.pop(receiver, None)
         self._forced.discard(receiver)
+        self._frozen_sent.discard(receiver)
 
     def forward(self, x: Tensor) -> CodecOutput:
         """The live codec's differentiable path (noise in training).
@@ -149,13 +162,13 @@ class CodecSender:
 
     def loss(self, out: CodecOutput, pixels: int) -> Tensor | None:
         """Rate in bits per input pixel plus λ·MSE; None for ``none``."""
-        if not self.learned:
+        if not self.learned or self.frozen:
             return None
         return out.bits() / pixels + self.lmbda * out.mse
 
     def warm_up(self, x: Tensor, pixels: int) -> None:
         """Once per sender: ``warmup_steps`` rate-distortion steps on the first tensor it sees."""
-        if self._warm or not self.learned:
+        if self._warm or not self.learned or self.frozen:
             return
         self._warm = True
         for _ in range(self.opts.warmup_steps):
@@ -207,7 +220,7 @@ class CodecSender:
 
     def step(self, x: Tensor | None = None, pixels: int = 0) -> None:
         """Apply the accumulated gradients; then ``local_steps`` rate-distortion steps on ``x``."""
-        if not self.learned:
+        if not self.learned or self.frozen:
             return
         self._apply()
         if x is not None:
