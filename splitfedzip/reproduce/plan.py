@@ -21,6 +21,7 @@ from ..config import (
     dump_config,
     from_dict,
 )
+from .baseline_grid import BaselineGrid, baseline_grid
 
 #: Folder of the preset files ``reproduce-<name>.yaml``.
 PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -66,6 +67,8 @@ class Preset:
     figures: FigureOptions = field(default_factory=FigureOptions)
     #: Classic codec -> its knob's grid (``KNOBS``; empty for a codec without one).
     classic: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
+    #: The paper's Table 3 (Ayad et al.'s M1/M2, two-stage, two-phase); None: not run.
+    baselines: BaselineGrid | None = None
 
     def __post_init__(self) -> None:
         """Check the grid, so that a bad preset fails before any run starts."""
@@ -153,7 +156,7 @@ def preset_from_dict(raw: Mapping[str, Any], default_name: str = "custom") -> Pr
     """Build a :class:`Preset` from a preset file's mapping."""
     _need(isinstance(raw, Mapping), "the top level must be a mapping")
     keys = {"name", "run", "datasets", "schemes", "codecs", "lambdas", "seeds", "figures",
-            "classic"}  # fmt: skip
+            "classic", "baselines"}  # fmt: skip
     unknown = set(raw) - keys
     _need(not unknown, f"unknown keys {sorted(unknown)} (known: {sorted(keys)})")
     figures = dict(raw.get("figures") or {})
@@ -175,6 +178,7 @@ def preset_from_dict(raw: Mapping[str, Any], default_name: str = "custom") -> Pr
         seeds=int(raw.get("seeds", 1)),
         figures=options,
         classic=classic,
+        baselines=baseline_grid(raw.get("baselines")),
     )
 
 
