@@ -193,3 +193,17 @@ def test_pretrained_codecs_and_unet_from_another_run(tmp_path, caplog):
 def test_bad_baseline_config_is_a_clear_error(override, message):
     with pytest.raises(ConfigError, match=message):
         tiny(override)
+
+
+def test_a_frozen_sender_publishes_again_only_when_its_weights_were_replaced():
+    from splitfedzip.codecs import make_codec
+    from splitfedzip.config import CodecConfig
+    from splitfedzip.parties.crossing import CodecSender
+
+    sender = CodecSender(make_codec("ae", 4, latent_channels=8), 1.0, CodecConfig())
+    sender.freeze()
+    assert sender.publish(0)[0] == 1 and sender.publish(0) is None
+    assert sender.publish(1)[0] == 2  # another receiver gets its own
+    other = make_codec("ae", 4, latent_channels=8).state_dict()  # e.g. an earlier round's
+    sender.live.load_state_dict(other)
+    assert sender.publish(0)[0] == 3 and sender.publish(0) is None

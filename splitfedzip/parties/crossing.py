@@ -76,8 +76,9 @@ class CodecSender:
         self._coded: tuple[Tensor, Tensor, CodecOutput] | None = None
         #: A frozen codec neither trains nor adds its rate to a loss (docs/baselines.md).
         self.frozen = False
-        #: receivers that hold a snapshot published since the freeze: nothing new to send them
-        self._frozen_sent: set[int] = set()
+        #: receiver -> the live weights its snapshot was taken from, once frozen: while they
+        #: stay the same there is nothing new to send it
+        self._frozen_sent: dict[int, dict[str, Tensor]] = {}
         self.reset_optimizers()
 
     def freeze(self) -> None:
@@ -119,10 +120,15 @@ class CodecSender:
 
     def publish(self, receiver: int = 0) -> tuple[int, bytes] | None:
         """Freeze a snapshot for ``receiver``; returns (version, decoder state) to send."""
-        if not self.learned or (self.frozen and receiver in self._frozen_sent):
+        if not self.learned:
             return None
         if self.frozen:
-            self._frozen_sent.add(receiver)
+            # Unchanged unless a round loaded other weights (e.g. the test's best round).
+            state = {k: v.detach().clone() for k, v in self.live.state_dict().items()}
+            held = self._frozen_sent.get(receiver)
+            if held is not None and all(torch.equal(held[k], v) for k, v in state.items()):
+                return None
+            self._frozen_sent[receiver] = state
         snap = copy.deepcopy(self.live).eval()
         snap.update()
         self.version += 1
@@ -145,7 +151,7 @@ class CodecSender:
         self._sent.pop(receiver, None)
         self._stale.pop(receiver, None)
         self._forced.discard(receiver)
-        self._frozen_sent.discard(receiver)
+        self._frozen_sent.pop(receiver, None)
 
     def forward(self, x: Tensor) -> CodecOutput:
         """The live codec's differentiable path (noise in training).
