@@ -134,6 +134,37 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     max_batches: int | None = None
+    #: Ayad et al.'s gradient threshold: the S2 gradient crosses only for a batch whose task
+    #: (Dice) loss exceeds it; otherwise the main server and the front end skip that batch
+    #: (docs/baselines.md). None sends every gradient; ``.inf`` none.
+    gradient_threshold: float | None = None
+
+
+@dataclass
+class CrossingFlags:
+    """One flag per crossing's codec: whether it trains (false: frozen from round 0)."""
+
+    s1_feature: bool = True
+    s2_feature: bool = True
+    s1_gradient: bool = True
+    s2_gradient: bool = True
+
+
+@dataclass
+class CodecTrainingConfig:
+    """Codecs (and the U-Net) from an earlier run, and when the codecs stop training: the
+    paper's two-stage and two-phase training, Ayad et al.'s M1 and M2 (docs/baselines.md)."""
+
+    #: An earlier run's output folder: its ``checkpoints/`` give the initial codecs.
+    pretrained: str | None = None
+    #: Also start the front end, server part and back end from that run's U-Net.
+    pretrained_unet: bool = False
+    trainable: CrossingFlags = field(default_factory=CrossingFlags)
+    #: Every codec is frozen from this round on (Ayad et al.'s M2: 5).
+    freeze_round: int | None = None
+    #: Freeze from the next round once the round's training BPP-T (S1 + S2 features) changed
+    #: by less than this fraction of the round before's.
+    freeze_rate_change: float | None = None
 
 
 @dataclass
@@ -164,6 +195,7 @@ class Config:
     codec_options: CodecConfig = field(default_factory=CodecConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
+    codec_training: CodecTrainingConfig = field(default_factory=CodecTrainingConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-dict form with the YAML key names (``lambda``, ``codec_options``)."""
@@ -309,6 +341,20 @@ def _validate(cfg: Config) -> Config:
         cfg.federation.variant == "v1" or cfg.federation.select == "last",
         "federation.select: 'best' needs variant v1; V2 trains one server model shared by "
         "every client, which cannot go back to each client's best epoch: select 'last'",
+    )
+    ct = cfg.codec_training
+    need(
+        t.gradient_threshold is None or t.gradient_threshold >= 0,
+        f"train.gradient_threshold: must be >= 0 (.inf: never send), got {t.gradient_threshold}",
+    )
+    need(ct.freeze_round is None or ct.freeze_round >= 0, "codec_training.freeze_round: >= 0")
+    need(
+        ct.freeze_rate_change is None or ct.freeze_rate_change > 0,
+        "codec_training.freeze_rate_change: must be > 0 (a fraction of the rate)",
+    )
+    need(
+        ct.pretrained is not None or not ct.pretrained_unet,
+        "codec_training.pretrained_unet: needs codec_training.pretrained (a run folder)",
     )
     o = cfg.codec_options
     need(o.latent_channels >= 1, "codec_options.latent_channels: must be >= 1")

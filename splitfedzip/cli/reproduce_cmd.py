@@ -49,8 +49,11 @@ def _reproduce(args: argparse.Namespace) -> int:
     plan = make_plan(preset, args.dataset, args.config, args.overrides, args.seeds)
     out = Path(args.out or f"runs/reproduce-{preset.name}")
     if args.dry_run:
-        for i, run in enumerate(plan.runs, start=1):
-            print(f"[{i}/{len(plan.runs)}] {out / run.path}")
+        from ..reproduce.baselines import stages
+
+        runs = [*plan.runs, *stages(plan, out).runs]  # Table 3's after the grid's
+        for i, run in enumerate(runs, start=1):
+            print(f"[{i}/{len(runs)}] {out / run.path}")
         return 0
     log = functools.partial(print, flush=True)
     result = reproduce(plan, out, jobs=args.jobs, train=not args.report, log=log)

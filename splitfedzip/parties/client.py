@@ -39,6 +39,7 @@ from .messages import (
     control_of,
     expect,
     frames,
+    no_gradient_frame,
     receive,
     state_of,
     sync_frame,
@@ -100,6 +101,14 @@ class Client:
         self.s2g = CodecSender(self.model.s2_gradient, cfg.lmbda, opts, wc)
         self.rx_s2f = CodecReceiver(crossing_codec(cfg, "feature"), device, wc)
         self.rx_s1g = CodecReceiver(crossing_codec(cfg, "gradient"), device, wc)
+        flags = cfg.codec_training.trainable
+        for sender, trains in ((self.s1f, flags.s1_feature), (self.s2g, flags.s2_gradient)):
+            if not trains:
+                sender.freeze()
+        #: The federation server's word on whether this round's codecs are frozen (None: no
+        #: freezing rule); the round's training feature bytes (S1 + S2) and input pixels.
+        self.frozen: bool | None = None
+        self._rate = [0, 0]
         self.rng = RngScope(cfg.train.seed * 1000 + 17 + cid)
         self._loader_gen = torch.Generator().manual_seed(cfg.train.seed * 1000 + 31 + cid)
         self.opt: torch.optim.Optimizer | None = None
@@ -149,6 +158,9 @@ class Client:
         """Install the global model of ``ids.round`` on both sides and sync the codecs."""
         participants = await self._load_global(ids)
         start = {"type": "round_start", "participants": participants}
+        if self.frozen is not None:
+            start["frozen"] = self.frozen
+        self._rate = [0, 0]
         await self._control(self.main, ids, start)
         await self.sync(ids)
         self.reset_optimizers()
@@ -188,7 +200,10 @@ class Client:
             self.model.load_state_dict(best)
         ids = ids.at(epoch=best_epoch)
         await self._control(self.main, ids, {"type": "select", "epoch": best_epoch})
-        message = control_frame(ids, {"type": "submit", "train_samples": len(self.train_set)})
+        submit = {"type": "submit", "train_samples": len(self.train_set)}
+        if cfg.codec_training.freeze_rate_change is not None:
+            submit["bpp"] = 8 * self._rate[0] / max(self._rate[1], 1)  # the rate rule's input
+        message = control_frame(ids, submit)
         if self.reference is None:
             message += weights_frame(ids, exchanged_state(self.model))
         else:
@@ -208,6 +223,13 @@ class Client:
             ask |= {"have": held, "digest": state_digest(state)}
         reply = await self._poll(self.federation, control_frame(ids, ask))
         head = control_of(reply[0], "global")
+        if "frozen" in head:
+            if not isinstance(head["frozen"], bool):
+                raise ProtocolError(f"round {ids.round}: 'frozen' must be true or false")
+            self.frozen = head["frozen"]
+            if self.frozen:
+                self.s1f.freeze()
+                self.s2g.freeze()
         state = self._global_state(ids.round, head, reply[1:])
         missing, unexpected = self.model.load_state_dict(state, strict=False)
         tables = ("_quantized_cdf", "_offset", "_cdf_length", "scale_table")
@@ -317,13 +339,20 @@ class Client:
             enc = self.s1f.encode(s1)
         reply = await self.main.request(*tensor_message(ids, Kind.FEATURE, Split.S1, s1.shape, enc))
         shape = split_shape(self.cfg, x.shape[0])
-        s2 = receive(self.rx_s2f, frames(reply), Kind.FEATURE, "S2 features", shape)
+        received = frames(reply)
+        s2 = receive(self.rx_s2f, received, Kind.FEATURE, "S2 features", shape)
+        self._rate[0] += len(enc.payload) + len(received[-1].payload)
+        self._rate[1] += pixels
         with self.rng.active(), torch.enable_grad():
             s2.requires_grad_(True)
             skip_leaf = skip.detach().requires_grad_(True)
             dice = soft_dice_loss(self.model.back_end(s2, skip_leaf), y)
             # Eq. (1)-(3): λ weighs the task term whenever something is compressed.
             ((self.cfg.lmbda if self.compressed else 1.0) * dice).backward()
+        threshold = self.cfg.train.gradient_threshold
+        if threshold is not None and not float(dice.detach()) > threshold:
+            return await self._no_gradient(ids, float(dice.detach()))
+        with self.rng.active(), torch.enable_grad():
             g2 = s2.grad.detach()
             self.s2g.warm_up(g2, pixels)
             out_g2 = self.s2g.forward(g2)
@@ -347,6 +376,14 @@ class Client:
             self.s1f.step(s1, pixels)
             self.s2g.step(g2, pixels)
         return float(dice.detach())
+
+    async def _no_gradient(self, ids: Ids, loss: float) -> float:
+        """Ayad et al.'s threshold: no gradient crosses for this batch. Only the back end steps;
+        the front end and the codecs hold no gradient of it, so nothing of it is applied later."""
+        control_of(frames(await self.main.request(no_gradient_frame(ids, loss)))[0], "ack")
+        self.opt.step()  # parameters without a gradient (the front end's) are left alone
+        self.opt.zero_grad(set_to_none=True)
+        return loss
 
     # --- evaluation ----------------------------------------------------------------------
 

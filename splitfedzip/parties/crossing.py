@@ -74,7 +74,18 @@ class CodecSender:
         #: A classic codec's residual (``error_feedback``) and its last training forward.
         self._feedback = ErrorFeedback() if opts.error_feedback and self.classic else None
         self._coded: tuple[Tensor, Tensor, CodecOutput] | None = None
+        #: A frozen codec neither trains nor adds its rate to a loss (docs/baselines.md).
+        self.frozen = False
+        #: receiver -> the live weights its snapshot was taken from, once frozen: while they
+        #: stay the same there is nothing new to send it
+        self._frozen_sent: dict[int, dict[str, Tensor]] = {}
         self.reset_optimizers()
+
+    def freeze(self) -> None:
+        """Stop training the codec for good: its weights no longer change, the task gradient
+        still flows through it to its input."""
+        self.frozen = True
+        self.live.requires_grad_(False)
 
     @property
     def learned(self) -> bool:
@@ -111,6 +122,13 @@ class CodecSender:
         """Freeze a snapshot for ``receiver``; returns (version, decoder state) to send."""
         if not self.learned:
             return None
+        if self.frozen:
+            # Unchanged unless a round loaded other weights (e.g. the test's best round).
+            state = {k: v.detach().clone() for k, v in self.live.state_dict().items()}
+            held = self._frozen_sent.get(receiver)
+            if held is not None and all(torch.equal(held[k], v) for k, v in state.items()):
+                return None
+            self._frozen_sent[receiver] = state
         snap = self._freeze(receiver)
         snap.update()
         self.version += 1
@@ -150,6 +168,7 @@ class CodecSender:
         self._sent.pop(receiver, None)
         self._stale.pop(receiver, None)
         self._forced.discard(receiver)
+        self._frozen_sent.pop(receiver, None)
 
     def forward(self, x: Tensor) -> CodecOutput:
         """The live codec's differentiable path (noise in training).
@@ -166,13 +185,13 @@ class CodecSender:
 
     def loss(self, out: CodecOutput, pixels: int) -> Tensor | None:
         """Rate in bits per input pixel plus λ·MSE; None for ``none``."""
-        if not self.learned:
+        if not self.learned or self.frozen:
             return None
         return out.bits() / pixels + self.lmbda * out.mse
 
     def warm_up(self, x: Tensor, pixels: int) -> None:
         """Once per sender: ``warmup_steps`` rate-distortion steps on the first tensor it sees."""
-        if self._warm or not self.learned:
+        if self._warm or not self.learned or self.frozen:
             return
         self._warm = True
         for _ in range(self.opts.warmup_steps):
@@ -224,7 +243,7 @@ class CodecSender:
 
     def step(self, x: Tensor | None = None, pixels: int = 0) -> None:
         """Apply the accumulated gradients; then ``local_steps`` rate-distortion steps on ``x``."""
-        if not self.learned:
+        if not self.learned or self.frozen:
             return
         self._apply()
         if x is not None:

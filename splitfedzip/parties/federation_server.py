@@ -14,6 +14,7 @@ from torch import Tensor
 
 from ..config import Config
 from ..federation import SUBMIT, VALIDATE, Rounds, fedavg
+from ..federation.freezing import FreezeRule
 from ..federation.weights import (
     WEIGHTS_CODECS,
     UpdateError,
@@ -84,6 +85,9 @@ class FederationServer(Handler):
         #: round -> the coded update from global round - 1 (sent to clients that hold it)
         self.updates: dict[int, bytes] = {}
         self._digests: dict[int, str] = {}
+        #: When the codecs freeze; round -> client -> (its training BPP-T, samples) for it.
+        self.freezing = FreezeRule(cfg.codec_training)
+        self._rates: dict[int, dict[int, tuple[float, int]]] = {}
 
     @property
     def best_round(self) -> int | None:
@@ -116,12 +120,16 @@ class FederationServer(Handler):
             if not await self._wait(lambda: h.round in self.globals):
                 return Reply(control_frame(ids, {"type": "wait"}))
             head = {"type": "global", "participants": self.participants.get(h.round - 1, [])}
+            if self.freezing.active:
+                head["frozen"] = self.freezing.frozen(h.round)
             if self.weights_codec == "float32":
                 return Reply(control_frame(ids, head) + weights_frame(ids, self.globals[h.round]))
             head["digest"] = self.digest(h.round)
             return Reply(control_frame(ids, head) + self._global_frame(ids, msg))
         if kind == "submit":
             value = await self._submission(client, h.round, msg, msgs[1:])
+            if self.freezing.needs_rates:
+                self._rates.setdefault(h.round, {})[client] = (number_of(msg, "bpp"), value[1])
             accepted = await self._arrive(SUBMIT, h.round, client, value)
             return Reply(control_frame(ids, {"type": "ack", "accepted": accepted}))
         if kind == "val_report":
@@ -276,6 +284,8 @@ class FederationServer(Handler):
                     )
                     self.updates[r + 1] = coded
                 self.participants[r] = order
+                rates = self._rates.pop(r, {})
+                self.freezing.observe(r, [rates[c] for c in order if c in rates])
             else:
                 self.val_loss[r] = math.fsum(values.values()) / len(values)
                 self.val_clients[r] = order

@@ -94,12 +94,17 @@ class MainServer(Handler):
     def _make_replica(self) -> Replica:
         cfg, opts = self.cfg, self.cfg.codec_options
         model = copy.deepcopy(self._template)
-        return Replica(
+        replica = Replica(
             model,
             CodecSender(model.s2_feature, cfg.lmbda, opts, cfg.federation.weights_codec),
             CodecSender(model.s1_gradient, cfg.lmbda, opts, cfg.federation.weights_codec),
             torch.optim.Adam(model.server.parameters(), lr=cfg.train.lr),
         )
+        flags = cfg.codec_training.trainable
+        for sender, trains in ((replica.s2f, flags.s2_feature), (replica.s1g, flags.s1_gradient)):
+            if not trains:
+                sender.freeze()
+        return replica
 
     def _peer(self, client: int) -> Peer:
         if client not in self.peers:
@@ -195,6 +200,12 @@ class MainServer(Handler):
             peer = self._peer(client)
             self._forget_batch(client)
             self._round_start(peer, ids.round, clients_of(msg, "participants"))
+            frozen = msg.get("frozen", False)
+            if not isinstance(frozen, bool):
+                raise ProtocolError(f"round_start: 'frozen' must be true or false, got {frozen!r}")
+            if frozen:  # the federation server's freezing rule, relayed by the client
+                peer.replica.s2f.freeze()
+                peer.replica.s1g.freeze()
         elif kind == "sync":
             return self._sync(self._peer(client), ids, rest)
         elif kind == "epoch_end":
@@ -203,6 +214,14 @@ class MainServer(Handler):
             self._select(client, ids.round, integer_of(msg, "epoch"))
         elif kind == "test_start":
             self._test_start(self._peer(client), ids.round)
+        elif kind == "no_gradient":
+            # Ayad et al.'s threshold: the pending batch is dropped, so the server part and its
+            # codecs never see a gradient of it, now or later.
+            peer = self._peer(client)
+            number_of(msg, "loss")
+            if peer.pending is None:
+                raise ProtocolError(f"client {client}: no_gradient without a pending forward pass")
+            self._forget_batch(client)
         elif kind == "bye":
             self._forget_batch(client)
         else:

@@ -98,6 +98,13 @@ def control_frame(ids: Ids, message: dict[str, Any]) -> bytes:
     return encode_frame(ids.header(Kind.CONTROL), pack_control(message))
 
 
+def no_gradient_frame(ids: Ids, loss: float) -> bytes:
+    """The control frame sent in place of a training batch's S2 gradient (split S2, so that
+    the ledger places it beside the gradients it replaces)."""
+    body = {"type": "no_gradient", "loss": loss}
+    return encode_frame(ids.header(Kind.CONTROL, Split.S2), pack_control(body))
+
+
 def weights_frame(ids: Ids, state: dict[str, Tensor]) -> bytes:
     """A weights frame holding a state dict."""
     return encode_frame(ids.header(Kind.WEIGHTS), pack_state(state))

@@ -7,6 +7,7 @@ from torch import Tensor, nn
 from ..codecs import Codec, make_codec
 from ..config import Config
 from ..models import BackEnd, FrontEnd, ServerPart, build_split_unet, split_channels
+from .pretrained import load_pretrained
 from .rng import seeded
 
 # Scheme -> which of (features, gradients) are compressed.
@@ -59,6 +60,7 @@ class ClientModel(nn.Module):
         with seeded(seed + 1):
             self.s1_feature = crossing_codec(cfg, "feature")
             self.s2_gradient = crossing_codec(cfg, "gradient")
+        load_pretrained(self, cfg, "client_global")  # codec_training.pretrained, if any
 
 
 class ServerModel(nn.Module):
@@ -70,3 +72,4 @@ class ServerModel(nn.Module):
         with seeded(seed + 2):
             self.s2_feature = crossing_codec(cfg, "feature")
             self.s1_gradient = crossing_codec(cfg, "gradient")
+        load_pretrained(self, cfg, "server_global")  # codec_training.pretrained, if any

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..data import num_classes_for
-from . import aggregate, files, report
+from . import aggregate, baselines, files, report, table3
 from .plan import Plan
 from .runner import Outcome, run_queue
 
@@ -58,7 +58,10 @@ def reproduce(
     """Run (or reuse) every run of ``plan`` under ``out``, then write the tables and figures."""
     start = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
-    outcomes = run_queue(plan.runs, out, jobs=jobs, train=train, log=log)
+    extra = baselines.stages(plan, out)  # Table 3: empty without the preset's baselines key
+    outcomes = run_queue([*plan.runs, *extra.first], out, jobs=jobs, train=train, log=log)
+    if extra.then:  # these load checkpoints of runs the first queue wrote
+        outcomes += run_queue(extra.then, out, jobs=jobs, train=train, log=log)
     result = Reproduction(plan, out, jobs, outcomes)
     rows = aggregate.run_rows(plan.runs, out)
     curves = aggregate.curve_rows(rows)
@@ -72,8 +75,13 @@ def reproduce(
     files.write_csv(out / "reach.csv", reach, REACH_COLUMNS)
     files.write_csv(out / "order.csv", order, ORDER_COLUMNS)
     result.artifacts = draw(plan, out, curves)
+    table = table3.table_rows(table3.run_rows(extra.table_runs(plan.runs), out))
+    if plan.preset.baselines is not None:
+        files.write_csv(out / "table3.csv", table, table3.COLUMNS)
+        result.artifacts += draw_table3(out, table, extra.datasets)
     result.seconds = time.perf_counter() - start
-    files.write_text(out / "report.md", report.render(result, rows, curves, bd, reach, order))
+    text = report.render(result, rows, curves, bd, reach, order, table, extra.datasets)
+    files.write_text(out / "report.md", text)
     drawn = sum(a.path is not None for a in result.artifacts)
     tables = "runs.csv, curves.csv, bd.csv, reach.csv, order.csv"
     log(f"wrote {out}/report.md, {tables} and {drawn} figures")
@@ -114,6 +122,22 @@ def draw(plan: Plan, out: Path, curves: list[dict]) -> list[Artifact]:
         caption = f"{d}, seed {data['seed']}: {opts.example_variant} predictions over λ"
         figures.examples(data, _classes(plan, d), opts.examples, caption, path)
         arts.append(Artifact(title, path, report.READ["ex"]))
+    return arts
+
+
+def draw_table3(out: Path, table: list[dict], datasets: tuple[str, ...]) -> list[Artifact]:
+    """Table 3's MJI-vs-DT figure of each dataset, or the reason it is missing."""
+    from . import table3_figure
+
+    arts = []
+    for d in datasets:
+        title = f"MJI vs data transferred, {d} (paper Table 3)"
+        if not any(r["dataset"] == d for r in table):
+            arts.append(Artifact(title, None, report.READ["dt"], "no finished Table 3 runs"))
+            continue
+        path = out / f"fig-table3-mji-dt-{d}.png"
+        table3_figure.mji_dt(table, d, path)
+        arts.append(Artifact(title, path, report.READ["dt"]))
     return arts
 
 

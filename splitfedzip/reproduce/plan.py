@@ -21,6 +21,7 @@ from ..config import (
     dump_config,
     from_dict,
 )
+from .baseline_grid import BaselineGrid, baseline_grid
 
 #: Folder of the preset files ``reproduce-<name>.yaml``.
 PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -68,6 +69,8 @@ class Preset:
     classic: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
     #: Codec -> ``codec_options`` keys set on its runs only, over the base run's.
     codec_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    #: The paper's Table 3 (Ayad et al.'s M1/M2, two-stage, two-phase); None: not run.
+    baselines: BaselineGrid | None = None
 
     def __post_init__(self) -> None:
         """Check the grid, so that a bad preset fails before any run starts."""
@@ -158,7 +161,7 @@ def preset_from_dict(raw: Mapping[str, Any], default_name: str = "custom") -> Pr
     """Build a :class:`Preset` from a preset file's mapping."""
     _need(isinstance(raw, Mapping), "the top level must be a mapping")
     keys = {"name", "run", "datasets", "schemes", "codecs", "lambdas", "seeds", "figures",
-            "classic", "codec_options"}  # fmt: skip
+            "classic", "codec_options", "baselines"}  # fmt: skip
     unknown = set(raw) - keys
     _need(not unknown, f"unknown keys {sorted(unknown)} (known: {sorted(keys)})")
     figures = dict(raw.get("figures") or {})
@@ -181,6 +184,7 @@ def preset_from_dict(raw: Mapping[str, Any], default_name: str = "custom") -> Pr
         figures=options,
         classic=classic,
         codec_options=dict(raw.get("codec_options") or {}),
+        baselines=baseline_grid(raw.get("baselines")),
     )
 
 

@@ -7,6 +7,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from . import table3
 from .aggregate import NC_MARGIN, is_learned, setting
 
 if TYPE_CHECKING:
@@ -21,6 +22,10 @@ READ = {
     "against λ; a larger λ weighs distortion more, so the ratio falls as λ grows.",
     "bpp": "Training BPP of each crossing (mean over clients and seeds) per local epoch (left, "
     "dotted lines between rounds) and per round (right); falling curves are codecs learning.",
+    "dt": "Test MJI against data transferred (log scale), one curve per method, each point one "
+    "gthres (Ayad et al.'s M1, M2) or λ (two-stage, two-phase); left: the paper's formula (one "
+    "pass over the training samples), middle: the ledger's split traffic of the whole run, right: "
+    "the ledger's total, federation included. Further up and to the left is better.",
     "ex": "Rows are test images, columns the image, its ground truth, NC's prediction and "
     "predictions at growing λ, each titled with that image's MJI.",
 }
@@ -29,6 +34,17 @@ TABLE_1 = (
     "over their knob's grid) against the ae anchor at equal MJI (negative: fewer bits); BD-MJI: "
     "mean MJI difference at equal rate; each over the overlap interval shown; a row without "
     "numbers says why."
+)
+TABLE_3 = (
+    "Test MJI (mean ± std over seeds) and data transferred (DT) of NC, Ayad et al.'s M1 (a "
+    "pretrained, frozen AE) and M2 (the AE frozen after a few rounds) over the gradient threshold "
+    "gthres, and SplitFedZip's two-stage and two-phase training over λ (docs/baselines.md). DT "
+    "three ways: the paper's formula for one pass over the training samples (Ayad et al.'s: "
+    "feature bytes x samples + raw gradient bytes x gradients sent; * SplitFedZip's: BPP-T x "
+    "input pixels x samples x 2), and the ledger's split traffic and total of the whole run. "
+    "`table3.csv` holds the same, `fig-table3-mji-dt-<dataset>.png` draws it; each run's folder "
+    "is `<dataset>/<method>/gthres-<g>/` or `lambda-<λ>/`, and the pretraining runs are the "
+    "partner dataset's `f-ae` and `fg-ae` runs."
 )
 REACH = (
     f"The cheapest point (seed means; BPP-T of the test pass) at which each variant's test MJI "
@@ -60,6 +76,8 @@ def render(
     bd: Sequence[dict],
     reach: Sequence[dict] = (),
     order: Sequence[dict] = (),
+    table3_rows: Sequence[dict] = (),
+    table3_datasets: Sequence[str] = (),
 ) -> str:
     """The whole report as Markdown."""
     lines = [f"# SplitFedZip reproduction: preset `{r.plan.preset.name}`", ""]
@@ -72,6 +90,9 @@ def render(
     lines += _reach(reach, r.plan.bases) + [""]
     lines += ["## Table 1: BD against ae", "", TABLE_1, ""]
     lines += _bd_table(bd) + [""]
+    if r.plan.preset.baselines is not None:
+        lines += ["## Table 3: against Ayad et al.", "", TABLE_3, ""]
+        lines += table3.markdown(table3_rows, table3_datasets)
     lines += ["## Figures", ""]
     for a in r.artifacts:
         lines += [f"### {a.title}", ""]

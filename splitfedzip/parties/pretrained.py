@@ -1,0 +1,81 @@
+"""Starting a party's model from an earlier run's checkpoints (two-stage training, Ayad M1).
+
+``codec_training.pretrained`` names a run's output folder; its ``checkpoints/`` hold the
+tested global models, ``client_global.pt`` (front end, back end, the clients' codecs) and
+``server_global.pt`` (server part, the main server's codecs). Every learned codec of this run
+is loaded from there, and the U-Net too with ``pretrained_unet``. A head trained for another
+number of classes is left freshly initialised, and the log says so; any other mismatch is an
+error naming the file and the tensor.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..config import Config, ConfigError
+
+log = logging.getLogger(__name__)
+
+#: Checkpoint name -> (its codecs, its U-Net parts), as module attribute names.
+PARTS = {
+    "client_global": (("s1_feature", "s2_gradient"), ("front_end", "back_end")),
+    "server_global": (("s2_feature", "s1_gradient"), ("server",)),
+}
+#: The head's parameters: the only U-Net tensors whose shape depends on the data set.
+HEAD = "back_end.head."
+# Entropy-coder tables: rebuilt from the weights whenever a snapshot is taken, never saved.
+_TABLES = ("_quantized_cdf", "_offset", "_cdf_length", "scale_table")
+
+
+class PretrainedError(ConfigError):
+    """The earlier run's checkpoints do not fit this run's model."""
+
+
+def load_pretrained(module: nn.Module, cfg: Config, name: str) -> None:
+    """Load checkpoint ``name`` of ``codec_training.pretrained`` into ``module`` (a no-op when
+    none is configured): every learned codec, and with ``pretrained_unet`` the U-Net part."""
+    ct = cfg.codec_training
+    if ct.pretrained is None:
+        return
+    path = Path(ct.pretrained) / "checkpoints" / f"{name}.pt"
+    if not path.is_file():
+        raise PretrainedError(
+            f"codec_training.pretrained: {path} not found (give an earlier run's output folder)"
+        )
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a truncated or foreign file: say which
+        raise PretrainedError(f"codec_training.pretrained: {path} is not a checkpoint: {e}") from e
+    codecs, unet = PARTS[name]
+    wanted = [c for c in codecs if getattr(module, c).learned]
+    if ct.pretrained_unet:
+        wanted += unet
+    prefixes = tuple(f"{p}." for p in wanted)
+    chosen, head = {}, []
+    for key, value in module.state_dict().items():
+        if not key.startswith(prefixes) or key.endswith(_TABLES):
+            continue
+        if key not in saved:
+            raise PretrainedError(
+                f"codec_training.pretrained: {path} has no {key!r}: that run used another "
+                "codec, scheme, codec_options.latent_channels or model.base_width"
+            )
+        if saved[key].shape != value.shape:
+            if key.startswith(HEAD):
+                head.append(key)
+                continue
+            raise PretrainedError(
+                f"codec_training.pretrained: {path}: {key!r} is {tuple(saved[key].shape)}, "
+                f"this run's is {tuple(value.shape)}"
+            )
+        chosen[key] = saved[key]
+    module.load_state_dict(chosen, strict=False)
+    if head:
+        log.warning(
+            "%s: the head was trained for %d classes, this run has %d: it is re-initialised",
+            path, saved[f"{HEAD}weight"].shape[0], module.state_dict()[f"{HEAD}weight"].shape[0],
+        )  # fmt: skip
