@@ -6,7 +6,7 @@ import copy
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -109,14 +109,23 @@ class Client:
         self.reference: tuple[int, dict[str, Tensor]] | None = None
         if self.weights_codec != "float32":
             self.reference = (0, exchanged_state(ClientModel(cfg, num_classes, cfg.train.seed)))
+        #: Awaited at each round boundary after the first round (checkpoints, experiments/resume.py).
+        self.at_boundary: Callable[[Client, int, ClientResult], Awaitable[None]] | None = None
 
     # --- the run -------------------------------------------------------------------------
 
-    async def run(self) -> ClientResult:
-        """Join, train every round, report validation, and (the tester) run the test pass."""
-        cfg, result = self.cfg, ClientResult(self.cid)
-        start = await self.join()
+    async def run(self, resume: tuple[int, ClientResult] | None = None) -> ClientResult:
+        """Join, train every round, report validation, and (the tester) run the test pass;
+        ``resume`` (round, result so far) continues a restored client from that round."""
+        cfg = self.cfg
+        if resume is None:
+            result = ClientResult(self.cid)
+            start = await self.join()
+        else:
+            start, result = resume
         for r in range(start, cfg.train.rounds + 1):
+            if r > start and self.at_boundary is not None:
+                await self.at_boundary(self, r, result)
             ids = Ids(round=r, client=self.cid)
             await self.begin_round(ids)
             if r > 0:  # validate the global model averaged at the end of round r-1
