@@ -34,6 +34,7 @@ from .crossing import CodecReceiver, CodecSender
 from .messages import (
     Ids,
     ProtocolError,
+    clients_of,
     coded_weights_frame,
     control_frame,
     control_of,
@@ -109,6 +110,8 @@ class Client:
         self.reference: tuple[int, dict[str, Tensor]] | None = None
         if self.weights_codec != "float32":
             self.reference = (0, exchanged_state(ClientModel(cfg, num_classes, cfg.train.seed)))
+        #: Who trains in the round begun last (client sampling); None: every client.
+        self.sampled: list[int] | None = None
         #: Awaited at each round boundary after the first round (checkpoints, experiments/resume.py).
         self.at_boundary: Callable[[Client, int, ClientResult], Awaitable[None]] | None = None
 
@@ -139,7 +142,10 @@ class Client:
                 result.history.append({"round": r - 1, "global_val_loss": val})
             if r == cfg.train.rounds:
                 break
-            await self._local_training(ids, result)
+            if self.sampled is None or self.cid in self.sampled:
+                await self._local_training(ids, result)
+            else:  # not drawn this round: the main server may free this client's replica
+                await self._control(self.main, ids, {"type": "idle"})
         if self.test_set is not None:
             result.test = await self.test(result)
         await self._control(self.main, Ids(client=self.cid), {"type": "bye"})
@@ -206,6 +212,10 @@ class Client:
             payload, _ = encode_update(exchanged_state(self.model), state, self.weights_codec)
             message += coded_weights_frame(ids, WEIGHTS_CODECS[self.weights_codec], held, payload)
         ack = control_of(frames(await self.federation.request(message))[0], "ack")
+        # The next round starts from fresh optimisers: free these states in between.
+        self.opt = None
+        self.s1f.release_optimizers()
+        self.s2g.release_optimizers()
         if not ack["accepted"]:
             log.warning("client %d: round %d closed before this submission", self.cid, ids.round)
 
@@ -217,6 +227,7 @@ class Client:
             ask |= {"have": held, "digest": state_digest(state)}
         reply = await self._poll(self.federation, control_frame(ids, ask))
         head = control_of(reply[0], "global")
+        self.sampled = clients_of(head, "train") if "train" in head else None
         state = self._global_state(ids.round, head, reply[1:])
         missing, unexpected = self.model.load_state_dict(state, strict=False)
         tables = ("_quantized_cdf", "_offset", "_cdf_length", "scale_table")

@@ -13,7 +13,8 @@ import torch
 from torch import Tensor
 
 from ..config import Config
-from ..federation import SUBMIT, VALIDATE, Rounds, fedavg
+from ..federation import SUBMIT, VALIDATE, Rounds, RunningAverage
+from ..federation.sampling import sample_clients
 from ..federation.weights import (
     WEIGHTS_CODECS,
     UpdateError,
@@ -84,6 +85,9 @@ class FederationServer(Handler):
         #: round -> the coded update from global round - 1 (sent to clients that hold it)
         self.updates: dict[int, bytes] = {}
         self._digests: dict[int, str] = {}
+        #: round -> the running FedAvg sum of the submissions accepted so far
+        self._sums: dict[int, RunningAverage] = {}
+        self._sample(0)
 
     @property
     def best_round(self) -> int | None:
@@ -116,6 +120,8 @@ class FederationServer(Handler):
             if not await self._wait(lambda: h.round in self.globals):
                 return Reply(control_frame(ids, {"type": "wait"}))
             head = {"type": "global", "participants": self.participants.get(h.round - 1, [])}
+            if h.round in self.rounds.sampled:  # federation.clients_per_round: who trains
+                head["train"] = sorted(self.rounds.sampled[h.round])
             if self.weights_codec == "float32":
                 return Reply(control_frame(ids, head) + weights_frame(ids, self.globals[h.round]))
             head["digest"] = self.digest(h.round)
@@ -218,7 +224,7 @@ class FederationServer(Handler):
             {
                 "round": k, "participants": self.participants.get(k),
                 "val_loss": self.val_loss.get(k + 1), "val_clients": self.val_clients.get(k + 1),
-            }
+            } | ({"sampled": sorted(self.rounds.sampled[k])} if k in self.rounds.sampled else {})
             for k in range(self.cfg.train.rounds)
         ]  # fmt: skip
         events = [asdict(e) for e in self.rounds.events]
@@ -237,9 +243,16 @@ class FederationServer(Handler):
 
     async def _arrive(self, kind: str, r: int, client: int, value: object) -> bool:
         async with self._cond:
+            state = None
+            if kind == SUBMIT:  # only the sample count waits at the barrier; the state is summed
+                state, value = value
+                if client in self._sums.get(r, RunningAverage()).clients:
+                    raise ProtocolError(f"client {client}: a second submission for round {r}")
             if not self.rounds.arrive(kind, r, client, value):
                 log.warning("client %d: %s for round %d arrived after it closed", client, kind, r)
                 return False
+            if state is not None:
+                self._sums.setdefault(r, RunningAverage()).add(client, state, value)
             if self.deadlines and (kind, r) not in self._timers:
                 self._timers[kind, r] = asyncio.create_task(self._deadline(kind, r))
             self._settle()
@@ -265,8 +278,7 @@ class FederationServer(Handler):
             order = sorted(values)
             if kind == SUBMIT:
                 # FedAvg over whoever took part: weights renormalise over their sample counts.
-                states, samples = zip(*(values[c] for c in order), strict=True)
-                average = fedavg(states, samples)
+                average = self._sums.pop(r).result()
                 if self.weights_codec == "float32":
                     self.globals[r + 1] = average
                 else:
@@ -276,12 +288,32 @@ class FederationServer(Handler):
                     )
                     self.updates[r + 1] = coded
                 self.participants[r] = order
+                self._sample(r + 1)
             else:
                 self.val_loss[r] = math.fsum(values.values()) / len(values)
                 self.val_clients[r] = order
             closed = True
         if closed:
+            self._prune()
             self._cond.notify_all()
+
+    def _sample(self, r: int) -> None:
+        """Draw who trains in round ``r`` (``federation.clients_per_round``; seeded)."""
+        spec = self.cfg.federation.clients_per_round
+        if spec is not None and r < self.cfg.train.rounds:
+            members = self.rounds.expected(r)
+            self.rounds.sampled[r] = set(sample_clients(members, spec, self.cfg.train.seed, r))
+
+    def _prune(self) -> None:
+        """Forget global models that can no longer be sent or chosen: all but round 0 (the
+        layout submissions are checked against), the two latest (a client holding the one
+        before gets the update), the best validated so far, and those not validated yet."""
+        latest, best = self.in_progress, self.best_round
+        for k in list(self.globals):
+            if 0 < k < latest - 1 and k != best and k in self.val_loss:
+                del self.globals[k]
+                self._digests.pop(k, None)
+                self.updates.pop(k, None)
 
 
 def _mismatch(state: dict[str, Tensor], reference: dict[str, Tensor]) -> str | None:
