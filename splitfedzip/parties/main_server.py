@@ -119,7 +119,6 @@ class MainServer(Handler):
             return self._control(control_of(head), head, msgs[1:], client)
         # A tensor message: the tensor frame last, a codec sync ahead of it when one was due.
         tensor = msgs[-1].header
-        self._in_round(client)
         if tensor.kind == Kind.FEATURE and tensor.phase == Phase.TRAIN:
             peer = self._peer(client)
             await self._take_turn(client)
@@ -332,6 +331,7 @@ class MainServer(Handler):
     def _forward_train(self, peer: Peer, msgs: list[Frame]) -> Reply:
         h = msgs[-1].header
         s1 = receive(peer.rx_s1f, msgs, Kind.FEATURE, "S1 features", self._s1_shape(msgs))
+        self._in_round(h.client)
         pixels = s1.shape[0] * 4 * s1.shape[2] * s1.shape[3]  # S1 is half the input size
         rep = peer.replica
         with peer.rng.active(), torch.enable_grad():
@@ -348,6 +348,7 @@ class MainServer(Handler):
     def _forward_eval(self, peer: Peer, msgs: list[Frame]) -> Reply:
         h = msgs[-1].header
         s1 = receive(peer.rx_s1f, msgs, Kind.FEATURE, "S1 features", self._s1_shape(msgs))
+        self._in_round(h.client)
         rep = peer.replica
         with torch.no_grad():
             rep.model.eval()
