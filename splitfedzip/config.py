@@ -309,7 +309,9 @@ def _validate(cfg: Config) -> Config:
     need(cfg.federation.round_timeout > 0, "federation.round_timeout: must be > 0 seconds")
     cpr = cfg.federation.clients_per_round
     need(
-        cpr is None or (isinstance(cpr, int) and cpr >= 1) or (isinstance(cpr, float) and 0 < cpr < 1),
+        cpr is None
+        or (isinstance(cpr, int) and cpr >= 1)
+        or (isinstance(cpr, float) and 0 < cpr < 1),
         f"federation.clients_per_round: {cpr!r} must be a number of clients (>= 1) or a "
         "fraction between 0 and 1",
     )

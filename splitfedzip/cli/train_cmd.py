@@ -35,8 +35,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="runs/train", help="output folder (default: runs/train)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--link", type=_link, help=LINK_HELP)
-    p.add_argument("--resume", action="store_true",
-                   help="continue the run in OUT from its last complete round (OUT/checkpoints/)")  # fmt: skip
+    p.add_argument(
+        "--resume", action="store_true",
+        help="continue the run in OUT from its last complete round (OUT/checkpoints/)",
+    )  # fmt: skip
     p.set_defaults(func=_train)
 
     d = subparsers.add_parser("demo", help="nc, f-ae and fg-ae on synthetic lesions, side by side")

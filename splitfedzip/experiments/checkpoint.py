@@ -100,7 +100,7 @@ def check_meta(path: Path, cfg: Config) -> dict[str, Any]:
     except (OSError, ValueError) as e:
         raise UserError(f"{path}/meta.json: not a readable checkpoint ({e})") from None
     if meta.get("format") != FORMAT:
-        raise UserError(f"{path}: checkpoint format {meta.get('format')!r}, this one reads {FORMAT}")
+        raise UserError(f"{path}: checkpoint format {meta.get('format')!r}, this reads {FORMAT}")
     if meta.get("version") != package_version():
         raise UserError(
             f"{path}: written by splitfedzip {meta.get('version')!r}, this is "

@@ -32,7 +32,7 @@ class RunningAverage:
         else:
             if list(state) != list(self._acc):
                 missing = set(self._acc) ^ set(state)
-                raise ValueError(f"client {client}: state has different keys: {sorted(missing)[:5]}")
+                raise ValueError(f"client {client}: keys differ: {sorted(missing)[:5]}")
             for k, v in state.items():
                 self._acc[k].add_(v.detach().double(), alpha=weight)
         self.total += float(weight)

@@ -112,7 +112,7 @@ class Client:
             self.reference = (0, exchanged_state(ClientModel(cfg, num_classes, cfg.train.seed)))
         #: Who trains in the round begun last (client sampling); None: every client.
         self.sampled: list[int] | None = None
-        #: Awaited at each round boundary after the first round (checkpoints, experiments/resume.py).
+        #: Awaited at each round boundary after the first (checkpoints: experiments/resume.py).
         self.at_boundary: Callable[[Client, int, ClientResult], Awaitable[None]] | None = None
 
     # --- the run -------------------------------------------------------------------------
