@@ -28,7 +28,7 @@ from ..parties.main_server import MainServer
 from ..transport.embedded import EmbeddedChannel
 from ..wire import Kind
 from .checkpoint import clear as clear_checkpoints
-from .resume import EmbeddedCheckpoints
+from .resume import EmbeddedCheckpoints, RoundTurns
 
 
 def resolve_device(name: str) -> torch.device:
@@ -96,12 +96,12 @@ def run_embedded(
     start = time.perf_counter()
     device = resolve_device(cfg.train.device)
     p = embedded_parties(cfg, device, progress)
-    restored = None
-    if checkpoints is not None:
-        saver = EmbeddedCheckpoints(cfg, p, checkpoints)
-        restored = saver.restore() if resume else None
-        if restored is None:
-            clear_checkpoints(checkpoints)
+    # Clients take their rounds in turn, and every party is saved at each round boundary.
+    saver = EmbeddedCheckpoints(cfg, p, checkpoints)
+    RoundTurns(p.clients, cfg.train.rounds + 1, saver.on_boundary)
+    restored = saver.restore() if resume else None
+    if checkpoints is not None and restored is None:
+        clear_checkpoints(checkpoints)
 
     async def run_all() -> list[ClientResult]:
         runs = [

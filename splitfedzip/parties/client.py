@@ -112,7 +112,8 @@ class Client:
             self.reference = (0, exchanged_state(ClientModel(cfg, num_classes, cfg.train.seed)))
         #: Who trains in the round begun last (client sampling); None: every client.
         self.sampled: list[int] | None = None
-        #: Awaited at each round boundary after the first (checkpoints: experiments/resume.py).
+        #: Awaited at the start of each round, and once after the last validation, with the
+        #: round and the record so far (turns and checkpoints: experiments/resume.py).
         self.at_boundary: Callable[[Client, int, ClientResult], Awaitable[None]] | None = None
 
     # --- the run -------------------------------------------------------------------------
@@ -127,7 +128,7 @@ class Client:
         else:
             start, result = resume
         for r in range(start, cfg.train.rounds + 1):
-            if r > start and self.at_boundary is not None:
+            if self.at_boundary is not None:
                 await self.at_boundary(self, r, result)
             ids = Ids(round=r, client=self.cid)
             await self.begin_round(ids)
@@ -140,12 +141,14 @@ class Client:
                     )
                 await self._control(self.federation, ids, {"type": "val_report", "loss": val})
                 result.history.append({"round": r - 1, "global_val_loss": val})
+            if r < cfg.train.rounds and (self.sampled is None or self.cid in self.sampled):
+                await self._local_training(ids, result)
+            else:  # not drawn, or the last validation: the main server may free the replica
+                await self._control(self.main, ids, {"type": "idle"})
             if r == cfg.train.rounds:
                 break
-            if self.sampled is None or self.cid in self.sampled:
-                await self._local_training(ids, result)
-            else:  # not drawn this round: the main server may free this client's replica
-                await self._control(self.main, ids, {"type": "idle"})
+        if self.at_boundary is not None:  # the last validation is done
+            await self.at_boundary(self, cfg.train.rounds + 1, result)
         if self.test_set is not None:
             result.test = await self.test(result)
         await self._control(self.main, Ids(client=self.cid), {"type": "bye"})
