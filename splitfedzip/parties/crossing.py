@@ -114,9 +114,11 @@ class CodecSender:
         self.reset_optimizers()
 
     def release_optimizers(self) -> None:
-        """Free the optimiser states between rounds (:meth:`reset_optimizers` rebuilds them)."""
+        """Free what a round rebuilds anyway, between rounds: the optimiser states
+        (:meth:`reset_optimizers`) and the snapshots (every round start publishes afresh)."""
         self.opt = self.aux_opt = None
         self._coded = None
+        self._snapshots.clear()
 
     def publish(self, receiver: int = 0) -> tuple[int, bytes] | None:
         """Freeze a snapshot for ``receiver``; returns (version, decoder state) to send."""

@@ -315,8 +315,9 @@ class MainServer(Handler):
     def _released(self, rep: Replica) -> Replica:
         """Drop a V1 replica's model and optimisers until its client's next round start."""
         rep.model, rep.opt = None, None
-        rep.s2f.release_optimizers()
-        rep.s1g.release_optimizers()
+        for sender in (rep.s2f, rep.s1g):
+            sender.release_optimizers()
+            sender.live = None  # the released model's codec: rebound at the next round start
         return rep
 
     # --- per batch -----------------------------------------------------------------------
