@@ -269,6 +269,8 @@ class MainServer(Handler):
             (peer.rx_s1f if h.split == Split.S1 else peer.rx_s2g).sync(h.codec_version, f.payload)
         out = b""
         for split, sender in ((Split.S2, peer.replica.s2f), (Split.S1, peer.replica.s1g)):
+            if sender.live is None:  # a V1 replica outside its round: nothing to publish
+                continue
             published = sender.publish(receiver=ids.client)
             if published is not None:
                 out += sync_frame(ids, split, codec_id(sender.live), *published)
