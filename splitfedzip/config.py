@@ -181,6 +181,9 @@ class FederationConfig:
     #: ``int2`` levels per output channel) and xz-compressed. The sender adopts what the
     #: receiver reconstructs.
     weights_codec: Literal["float32", "float16", "int8", "int4", "int2"] = "float32"
+    #: Clients drawn (seeded) to train in each round: a number (>= 1) or a fraction (0 to 1);
+    #: unset, every client trains. Every client still validates each global model.
+    clients_per_round: int | float | None = None
 
 
 @dataclass
@@ -337,6 +340,14 @@ def _validate(cfg: Config) -> Config:
         f"train.device: {t.device!r}",
     )
     need(cfg.federation.round_timeout > 0, "federation.round_timeout: must be > 0 seconds")
+    cpr = cfg.federation.clients_per_round
+    need(
+        cpr is None
+        or (isinstance(cpr, int) and cpr >= 1)
+        or (isinstance(cpr, float) and 0 < cpr < 1),
+        f"federation.clients_per_round: {cpr!r} must be a number of clients (>= 1) or a "
+        "fraction between 0 and 1",
+    )
     need(
         cfg.federation.variant == "v1" or cfg.federation.select == "last",
         "federation.select: 'best' needs variant v1; V2 trains one server model shared by "

@@ -35,6 +35,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="runs/train", help="output folder (default: runs/train)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--link", type=_link, help=LINK_HELP)
+    p.add_argument(
+        "--resume", action="store_true",
+        help="continue the run in OUT from its last complete round (OUT/checkpoints/)",
+    )  # fmt: skip
     p.set_defaults(func=_train)
 
     d = subparsers.add_parser("demo", help="nc, f-ae and fg-ae on synthetic lesions, side by side")
@@ -84,9 +88,12 @@ def _train(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides)
     _log_to_stderr()
-    with logging_redirect_tqdm():  # log lines go above the progress bars, not through them
-        result = run_embedded(cfg, progress=not args.no_progress, link=args.link or DEFAULT_LINK)
     out = Path(args.out)
+    with logging_redirect_tqdm():  # log lines go above the progress bars, not through them
+        result = run_embedded(
+            cfg, progress=not args.no_progress, link=args.link or DEFAULT_LINK,
+            checkpoints=out / "checkpoints", resume=args.resume,
+        )  # fmt: skip
     write_outputs(cfg, result, out)
     print(json.dumps(result.summary, indent=2))
     files = "config.yaml,metrics.csv,history.csv,ledger.csv,summary.json,predictions.npz"

@@ -109,7 +109,8 @@ class Codec(nn.Module):
         for key, value in state.items():
             current = own[key]
             if current.shape != value.shape and not isinstance(current, nn.Parameter):
-                current.resize_(value.shape)
+                # A fresh storage rather than resize_: one loaded from a checkpoint cannot grow.
+                current.set_(torch.empty(value.shape, dtype=current.dtype, device=current.device))
         full = self.state_dict()
         full.update(state)
         self.load_state_dict(full)

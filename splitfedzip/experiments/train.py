@@ -27,6 +27,8 @@ from ..parties.federation_server import FederationServer
 from ..parties.main_server import MainServer
 from ..transport.embedded import EmbeddedChannel
 from ..wire import Kind
+from .checkpoint import clear as clear_checkpoints
+from .resume import EmbeddedCheckpoints, RoundTurns
 
 
 def resolve_device(name: str) -> torch.device:
@@ -82,14 +84,31 @@ def embedded_parties(cfg: Config, device: torch.device, progress: bool = False) 
     return EmbeddedParties(data, main, federation, clients, ledger)
 
 
-def run_embedded(cfg: Config, progress: bool = False, link: str = DEFAULT_LINK) -> RunResult:
-    """Run every party in this process over the embedded transport."""
+def run_embedded(
+    cfg: Config,
+    progress: bool = False,
+    link: str = DEFAULT_LINK,
+    checkpoints: Path | None = None,
+    resume: bool = False,
+) -> RunResult:
+    """Run every party in this process over the embedded transport; with ``checkpoints`` save
+    every party at each round boundary there, and with ``resume`` continue from the last one."""
     start = time.perf_counter()
     device = resolve_device(cfg.train.device)
     p = embedded_parties(cfg, device, progress)
+    # Clients take their rounds in turn, and every party is saved at each round boundary.
+    saver = EmbeddedCheckpoints(cfg, p, checkpoints)
+    RoundTurns(p.clients, cfg.train.rounds + 1, saver.on_boundary)
+    restored = saver.restore() if resume else None
+    if checkpoints is not None and restored is None:
+        clear_checkpoints(checkpoints)
 
     async def run_all() -> list[ClientResult]:
-        tasks = [asyncio.create_task(c.run()) for c in p.clients]
+        runs = [
+            c.run(None if restored is None else (restored[0], restored[1][c.cid]))
+            for c in p.clients
+        ]
+        tasks = [asyncio.create_task(run) for run in runs]
         try:
             return list(await asyncio.gather(*tasks))
         finally:

@@ -2,5 +2,6 @@
 
 from .fedavg import fedavg
 from .rounds import SUBMIT, VALIDATE, Event, Rounds
+from .running import RunningAverage
 
-__all__ = ["SUBMIT", "VALIDATE", "Event", "Rounds", "fedavg"]
+__all__ = ["SUBMIT", "VALIDATE", "Event", "Rounds", "RunningAverage", "fedavg"]

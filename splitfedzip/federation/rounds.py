@@ -44,6 +44,8 @@ class Rounds:
         self.joined: set[int] = set()
         self.events: list[Event] = []
         self.barriers: dict[tuple[str, int], Barrier] = {}
+        #: round -> the clients drawn to train in it (client sampling); absent: every member
+        self.sampled: dict[int, set[int]] = {}
 
     def expected(self, r: int) -> set[int]:
         """The members a barrier of round ``r`` waits for."""
@@ -83,7 +85,10 @@ class Rounds:
 
     def missing(self, kind: str, r: int) -> set[int]:
         """Expected clients that have not arrived at barrier (kind, r)."""
-        return self.expected(r) - set(self.barriers[kind, r].received)
+        expected = self.expected(r)
+        if kind == SUBMIT and r in self.sampled:
+            expected &= self.sampled[r]
+        return expected - set(self.barriers[kind, r].received)
 
     def ready(self) -> list[tuple[str, int]]:
         """Open barriers that every expected client has reached, in round order."""

@@ -6,7 +6,7 @@ import copy
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +34,7 @@ from .crossing import CodecReceiver, CodecSender
 from .messages import (
     Ids,
     ProtocolError,
+    clients_of,
     coded_weights_frame,
     control_frame,
     control_of,
@@ -118,14 +119,26 @@ class Client:
         self.reference: tuple[int, dict[str, Tensor]] | None = None
         if self.weights_codec != "float32":
             self.reference = (0, exchanged_state(ClientModel(cfg, num_classes, cfg.train.seed)))
+        #: Who trains in the round begun last (client sampling); None: every client.
+        self.sampled: list[int] | None = None
+        #: Awaited at the start of each round, and once after the last validation, with the
+        #: round and the record so far (turns and checkpoints: experiments/resume.py).
+        self.at_boundary: Callable[[Client, int, ClientResult], Awaitable[None]] | None = None
 
     # --- the run -------------------------------------------------------------------------
 
-    async def run(self) -> ClientResult:
-        """Join, train every round, report validation, and (the tester) run the test pass."""
-        cfg, result = self.cfg, ClientResult(self.cid)
-        start = await self.join()
+    async def run(self, resume: tuple[int, ClientResult] | None = None) -> ClientResult:
+        """Join, train every round, report validation, and (the tester) run the test pass;
+        ``resume`` (round, result so far) continues a restored client from that round."""
+        cfg = self.cfg
+        if resume is None:
+            result = ClientResult(self.cid)
+            start = await self.join()
+        else:
+            start, result = resume
         for r in range(start, cfg.train.rounds + 1):
+            if self.at_boundary is not None:
+                await self.at_boundary(self, r, result)
             ids = Ids(round=r, client=self.cid)
             await self.begin_round(ids)
             if r > 0:  # validate the global model averaged at the end of round r-1
@@ -137,9 +150,14 @@ class Client:
                     )
                 await self._control(self.federation, ids, {"type": "val_report", "loss": val})
                 result.history.append({"round": r - 1, "global_val_loss": val})
+            if r < cfg.train.rounds and (self.sampled is None or self.cid in self.sampled):
+                await self._local_training(ids, result)
+            else:  # not drawn, or the last validation: the main server may free the replica
+                await self._control(self.main, ids, {"type": "idle"})
             if r == cfg.train.rounds:
                 break
-            await self._local_training(ids, result)
+        if self.at_boundary is not None:  # the last validation is done
+            await self.at_boundary(self, cfg.train.rounds + 1, result)
         if self.test_set is not None:
             result.test = await self.test(result)
         await self._control(self.main, Ids(client=self.cid), {"type": "bye"})
@@ -212,6 +230,10 @@ class Client:
             payload, _ = encode_update(exchanged_state(self.model), state, self.weights_codec)
             message += coded_weights_frame(ids, WEIGHTS_CODECS[self.weights_codec], held, payload)
         ack = control_of(frames(await self.federation.request(message))[0], "ack")
+        # The next round starts from fresh optimisers: free these states in between.
+        self.opt = None
+        self.s1f.release_optimizers()
+        self.s2g.release_optimizers()
         if not ack["accepted"]:
             log.warning("client %d: round %d closed before this submission", self.cid, ids.round)
 
@@ -230,6 +252,7 @@ class Client:
             if self.frozen:
                 self.s1f.freeze()
                 self.s2g.freeze()
+        self.sampled = clients_of(head, "train") if "train" in head else None
         state = self._global_state(ids.round, head, reply[1:])
         missing, unexpected = self.model.load_state_dict(state, strict=False)
         tables = ("_quantized_cdf", "_offset", "_cdf_length", "scale_table")

@@ -118,6 +118,19 @@ class CodecSender:
         self.opt = torch.optim.Adam([g for g in groups if g["params"]])
         self.aux_opt = torch.optim.Adam(aux, lr=o.aux_lr)
 
+    def rebind(self, codec: Codec) -> None:
+        """Train ``codec`` from now on (a replica rebuilt for a round): what was published to
+        each receiver stays; the optimisers start afresh, as at every round start."""
+        self.live = codec
+        self.reset_optimizers()
+
+    def release_optimizers(self) -> None:
+        """Free what a round rebuilds anyway, between rounds: the optimiser states
+        (:meth:`reset_optimizers`) and the snapshots (every round start publishes afresh)."""
+        self.opt = self.aux_opt = None
+        self._coded = None
+        self._snapshots.clear()
+
     def publish(self, receiver: int = 0) -> tuple[int, bytes] | None:
         """Freeze a snapshot for ``receiver``; returns (version, decoder state) to send."""
         if not self.learned:

@@ -13,8 +13,9 @@ import torch
 from torch import Tensor
 
 from ..config import Config
-from ..federation import SUBMIT, VALIDATE, Rounds, fedavg
+from ..federation import SUBMIT, VALIDATE, Rounds, RunningAverage
 from ..federation.freezing import FreezeRule
+from ..federation.sampling import sample_clients
 from ..federation.weights import (
     WEIGHTS_CODECS,
     UpdateError,
@@ -88,6 +89,9 @@ class FederationServer(Handler):
         #: When the codecs freeze; round -> client -> (its training BPP-T, samples) for it.
         self.freezing = FreezeRule(cfg.codec_training)
         self._rates: dict[int, dict[int, tuple[float, int]]] = {}
+        #: round -> the running FedAvg sum of the submissions accepted so far
+        self._sums: dict[int, RunningAverage] = {}
+        self._sample(0)
 
     @property
     def best_round(self) -> int | None:
@@ -122,6 +126,8 @@ class FederationServer(Handler):
             head = {"type": "global", "participants": self.participants.get(h.round - 1, [])}
             if self.freezing.active:
                 head["frozen"] = self.freezing.frozen(h.round)
+            if h.round in self.rounds.sampled:  # federation.clients_per_round: who trains
+                head["train"] = sorted(self.rounds.sampled[h.round])
             if self.weights_codec == "float32":
                 return Reply(control_frame(ids, head) + weights_frame(ids, self.globals[h.round]))
             head["digest"] = self.digest(h.round)
@@ -226,7 +232,7 @@ class FederationServer(Handler):
             {
                 "round": k, "participants": self.participants.get(k),
                 "val_loss": self.val_loss.get(k + 1), "val_clients": self.val_clients.get(k + 1),
-            }
+            } | ({"sampled": sorted(self.rounds.sampled[k])} if k in self.rounds.sampled else {})
             for k in range(self.cfg.train.rounds)
         ]  # fmt: skip
         events = [asdict(e) for e in self.rounds.events]
@@ -245,9 +251,16 @@ class FederationServer(Handler):
 
     async def _arrive(self, kind: str, r: int, client: int, value: object) -> bool:
         async with self._cond:
+            state = None
+            if kind == SUBMIT:  # only the sample count waits at the barrier; the state is summed
+                state, value = value
+                if client in self._sums.get(r, RunningAverage()).clients:
+                    raise ProtocolError(f"client {client}: a second submission for round {r}")
             if not self.rounds.arrive(kind, r, client, value):
                 log.warning("client %d: %s for round %d arrived after it closed", client, kind, r)
                 return False
+            if state is not None:
+                self._sums.setdefault(r, RunningAverage()).add(client, state, value)
             if self.deadlines and (kind, r) not in self._timers:
                 self._timers[kind, r] = asyncio.create_task(self._deadline(kind, r))
             self._settle()
@@ -273,8 +286,7 @@ class FederationServer(Handler):
             order = sorted(values)
             if kind == SUBMIT:
                 # FedAvg over whoever took part: weights renormalise over their sample counts.
-                states, samples = zip(*(values[c] for c in order), strict=True)
-                average = fedavg(states, samples)
+                average = self._sums.pop(r).result()
                 if self.weights_codec == "float32":
                     self.globals[r + 1] = average
                 else:
@@ -286,12 +298,32 @@ class FederationServer(Handler):
                 self.participants[r] = order
                 rates = self._rates.pop(r, {})
                 self.freezing.observe(r, [rates[c] for c in order if c in rates])
+                self._sample(r + 1)
             else:
                 self.val_loss[r] = math.fsum(values.values()) / len(values)
                 self.val_clients[r] = order
             closed = True
         if closed:
+            self._prune()
             self._cond.notify_all()
+
+    def _sample(self, r: int) -> None:
+        """Draw who trains in round ``r`` (``federation.clients_per_round``; seeded)."""
+        spec = self.cfg.federation.clients_per_round
+        if spec is not None and r < self.cfg.train.rounds:
+            members = self.rounds.expected(r)
+            self.rounds.sampled[r] = set(sample_clients(members, spec, self.cfg.train.seed, r))
+
+    def _prune(self) -> None:
+        """Forget global models that can no longer be sent or chosen: all but round 0 (the
+        layout submissions are checked against), the two latest (a client holding the one
+        before gets the update), the best validated so far, and those not validated yet."""
+        latest, best = self.in_progress, self.best_round
+        for k in list(self.globals):
+            if 0 < k < latest - 1 and k != best and k in self.val_loss:
+                del self.globals[k]
+                self._digests.pop(k, None)
+                self.updates.pop(k, None)
 
 
 def _mismatch(state: dict[str, Tensor], reference: dict[str, Tensor]) -> str | None:

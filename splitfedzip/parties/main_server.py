@@ -13,7 +13,7 @@ from torch import Tensor
 
 from ..codecs import codec_id
 from ..config import Config
-from ..federation import fedavg
+from ..federation import RunningAverage
 from ..transport.base import Handler, Reply
 from ..wire import Frame, Kind, Phase, Split
 from .crossing import CodecReceiver, CodecSender
@@ -39,12 +39,14 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Replica:
-    """A server model with its optimiser and sending codecs."""
+    """A server model with its optimiser and sending codecs. Under V1 the model and optimiser
+    exist only from a client's round start to its selection (None in between): the senders
+    stay, with what they published."""
 
-    model: ServerModel
+    model: ServerModel | None
     s2f: CodecSender
     s1g: CodecSender
-    opt: torch.optim.Optimizer
+    opt: torch.optim.Optimizer | None
 
 
 @dataclass
@@ -88,8 +90,8 @@ class MainServer(Handler):
         #: V2: whose training batch holds the shared model between forward pass and gradient.
         self._turn = asyncio.Lock() if self._shared is not None else None
         self._holder: int | None = None
-        #: round -> client -> (the selected replica's state, its training samples)
-        self._selected: dict[int, dict[int, tuple[dict[str, Tensor], int]]] = {}
+        #: round -> the running FedAvg sum of the replicas selected in that round (V1)
+        self._sums: dict[int, RunningAverage] = {}
 
     def _make_replica(self) -> Replica:
         cfg, opts = self.cfg, self.cfg.codec_options
@@ -185,7 +187,7 @@ class MainServer(Handler):
             samples = integer_of(msg, "train_samples", minimum=1)
             # A rejoining client starts afresh: a new replica, new codec receivers.
             self._forget_batch(client)
-            replica = self._shared or self._make_replica()
+            replica = self._shared or self._released(self._make_replica())
             wc = self.cfg.federation.weights_codec
             for sender in (replica.s2f, replica.s1g):
                 sender.forget(client)  # the new receivers hold no snapshot to update
@@ -209,8 +211,10 @@ class MainServer(Handler):
         elif kind == "sync":
             return self._sync(self._peer(client), ids, rest)
         elif kind == "epoch_end":
+            self._in_round(client)
             self._epoch_end(self._peer(client), ids.epoch, number_of(msg, "val_loss"))
         elif kind == "select":
+            self._in_round(client)
             self._select(client, ids.round, integer_of(msg, "epoch"))
         elif kind == "test_start":
             self._test_start(self._peer(client), ids.round)
@@ -222,8 +226,10 @@ class MainServer(Handler):
             if peer.pending is None:
                 raise ProtocolError(f"client {client}: no_gradient without a pending forward pass")
             self._forget_batch(client)
-        elif kind == "bye":
+        elif kind in ("bye", "idle"):  # idle: not drawn to train this round
             self._forget_batch(client)
+            if self._shared is None and client in self.peers:
+                self._released(self.peers[client].replica)
         else:
             raise ProtocolError(f"main server: unknown control message {kind!r}")
         return Reply(control_frame(ids, {"type": "ack"}))
@@ -242,17 +248,21 @@ class MainServer(Handler):
         if self._shared is not None:
             self.globals[r] = exchanged_state(self._shared.model)
         else:
-            chosen = self._selected.get(r - 1, {})
+            summed = self._sums.get(r - 1)
+            chosen = summed.clients if summed is not None else []
             absent = [c for c in participants if c not in chosen]
             if not participants or absent:
                 raise ProtocolError(
                     f"round {r - 1}: participants {participants}, but no selected replica for "
                     f"{absent or 'anyone'}"
                 )
-            states, samples = zip(*(chosen[c] for c in participants), strict=True)
-            self.globals[r] = fedavg(states, samples)
-            for old in [k for k in self._selected if k < r]:
-                del self._selected[old]
+            extra = sorted(set(chosen) - set(participants))
+            if extra:
+                # The sum cannot give back a replica folded in (memory stays bounded): it counts.
+                log.warning("round %d: replicas of %s averaged, not in participants", r - 1, extra)
+            self.globals[r] = summed.result()
+            for old in [k for k in self._sums if k < r]:
+                del self._sums[old]
         self.participants[r - 1] = list(participants)
         return self.globals[r]
 
@@ -260,11 +270,7 @@ class MainServer(Handler):
         state = self._global(r, participants)
         peer.best, peer.pending = None, None
         if self._shared is None:  # V2 keeps training its one model across rounds
-            rep = peer.replica
-            rep.model.load_state_dict(state, strict=False)
-            rep.opt = torch.optim.Adam(rep.model.server.parameters(), lr=self.cfg.train.lr)
-            rep.s2f.reset_optimizers()
-            rep.s1g.reset_optimizers()
+            self._materialized(peer.replica, state)
 
     def _test_start(self, peer: Peer, r: int) -> None:
         if r not in self.globals:
@@ -272,7 +278,9 @@ class MainServer(Handler):
         if self._shared is not None:
             # The others may still be validating with the shared model: test on a copy.
             peer.replica = copy.deepcopy(self._shared)
-        peer.replica.model.load_state_dict(self.globals[r], strict=False)
+            peer.replica.model.load_state_dict(self.globals[r], strict=False)
+        else:
+            self._materialized(peer.replica, self.globals[r])
 
     def _sync(self, peer: Peer, ids: Ids, rest: list[Frame]) -> Reply:
         for f in rest:
@@ -280,6 +288,8 @@ class MainServer(Handler):
             (peer.rx_s1f if h.split == Split.S1 else peer.rx_s2g).sync(h.codec_version, f.payload)
         out = b""
         for split, sender in ((Split.S2, peer.replica.s2f), (Split.S1, peer.replica.s1g)):
+            if sender.live is None:  # a V1 replica outside its round: nothing to publish
+                continue
             published = sender.publish(receiver=ids.client)
             if published is not None:
                 out += sync_frame(ids, split, codec_id(sender.live), *published)
@@ -301,8 +311,35 @@ class MainServer(Handler):
                     f"client {client} selected epoch {epoch}, server kept {peer.best[0]}"
                 )
             peer.replica.model.load_state_dict(peer.best[2])
-        state = {k: v.detach().clone() for k, v in exchanged_state(peer.replica.model).items()}
-        self._selected.setdefault(r, {})[client] = (state, peer.train_samples)
+        state = exchanged_state(peer.replica.model)
+        try:
+            self._sums.setdefault(r, RunningAverage()).add(client, state, peer.train_samples)
+        except ValueError as e:
+            raise ProtocolError(f"client {client}: round {r} select: {e}") from None
+        peer.best = None
+        self._released(peer.replica)
+
+    def _in_round(self, client: int) -> None:
+        """A V1 replica has a model only within its client's round (round_start to select)."""
+        if self._peer(client).replica.model is None:
+            raise ProtocolError(f"client {client}: training or evaluation outside its round")
+
+    def _materialized(self, rep: Replica, state: dict[str, Tensor]) -> Replica:
+        """Give a V1 replica a model holding ``state``, fresh optimisers, its senders rebound."""
+        rep.model = copy.deepcopy(self._template)
+        rep.model.load_state_dict(state, strict=False)
+        rep.opt = torch.optim.Adam(rep.model.server.parameters(), lr=self.cfg.train.lr)
+        rep.s2f.rebind(rep.model.s2_feature)
+        rep.s1g.rebind(rep.model.s1_gradient)
+        return rep
+
+    def _released(self, rep: Replica) -> Replica:
+        """Drop a V1 replica's model and optimisers until its client's next round start."""
+        rep.model, rep.opt = None, None
+        for sender in (rep.s2f, rep.s1g):
+            sender.release_optimizers()
+            sender.live = None  # the released model's codec: rebound at the next round start
+        return rep
 
     # --- per batch -----------------------------------------------------------------------
 
@@ -316,6 +353,7 @@ class MainServer(Handler):
     def _forward_train(self, peer: Peer, msgs: list[Frame]) -> Reply:
         h = msgs[-1].header
         s1 = receive(peer.rx_s1f, msgs, Kind.FEATURE, "S1 features", self._s1_shape(msgs))
+        self._in_round(h.client)
         pixels = s1.shape[0] * 4 * s1.shape[2] * s1.shape[3]  # S1 is half the input size
         rep = peer.replica
         with peer.rng.active(), torch.enable_grad():
@@ -332,6 +370,7 @@ class MainServer(Handler):
     def _forward_eval(self, peer: Peer, msgs: list[Frame]) -> Reply:
         h = msgs[-1].header
         s1 = receive(peer.rx_s1f, msgs, Kind.FEATURE, "S1 features", self._s1_shape(msgs))
+        self._in_round(h.client)
         rep = peer.replica
         with torch.no_grad():
             rep.model.eval()

@@ -1,0 +1,123 @@
+"""Round boundaries of an embedded run (``splitfedzip train``): clients take their rounds in
+turn, and every party is saved at each boundary; a saved run is put back together here.
+
+The boundary of round ``r`` is the moment when every client has finished round ``r - 1`` (trained
+and submitted, or validated and stayed idle) and none has started round ``r``. Each client waits
+there. When the last arrives, every party is saved (with checkpoints); then the clients take round
+``r`` one at a time, in client order: the next starts when the one before reaches the next
+boundary. So only one client's round is in progress at a time, and its transient state (the
+main server's replica, optimiser states, best-epoch copies) exists for one client at a time;
+and a resumed run, which starts at a boundary, computes exactly what the uninterrupted one did.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..config import Config
+from ..parties import state
+from ..parties.client import Client, ClientResult
+from . import checkpoint
+
+
+class RoundTurns:
+    """Installs itself as every client's ``at_boundary`` hook; ``on_boundary(r, results)`` runs
+    when every client has reached round ``r``. At ``last`` (after the final validation) every
+    client goes on at once: the tester's test is all that is left."""
+
+    def __init__(
+        self,
+        clients: list[Client],
+        last: int,
+        on_boundary: Callable[[int, dict[int, ClientResult]], None],
+    ) -> None:
+        self.order = sorted(c.cid for c in clients)
+        self.last, self.on_boundary = last, on_boundary
+        self._arrived: dict[int, dict[int, tuple[ClientResult, asyncio.Future]]] = {}
+        for c in clients:
+            c.at_boundary = self.boundary
+
+    async def boundary(self, client: Client, r: int, result: ClientResult) -> None:
+        """Wait until every client reached round ``r`` and the clients before this one in
+        client order have finished their round ``r``."""
+        fut = asyncio.get_running_loop().create_future()
+        waiting = self._arrived.setdefault(r, {})
+        waiting[client.cid] = (result, fut)
+        self._next(r - 1, client.cid)  # this client's round r - 1 is over: the next one's turn
+        if len(waiting) == len(self.order):
+            self.on_boundary(r, {cid: res for cid, (res, _) in waiting.items()})
+            self._start(r)
+        await fut
+
+    def _start(self, r: int) -> None:
+        """Everyone reached round ``r``: the first client starts it (at the end, all go)."""
+        waiting = self._arrived[r]
+        for cid in self.order if r == self.last else self.order[:1]:
+            waiting[cid][1].set_result(None)
+        if r == self.last:
+            del self._arrived[r]
+
+    def _next(self, r: int, cid: int) -> None:
+        """Client ``cid`` finished round ``r``: let the next client of round ``r`` start."""
+        waiting = self._arrived.get(r)
+        if waiting is None:
+            return
+        i = self.order.index(cid) + 1
+        if i < len(self.order):
+            waiting[self.order[i]][1].set_result(None)
+        else:
+            del self._arrived[r]
+
+
+class EmbeddedCheckpoints:
+    """Saves every party of an embedded run at each round boundary; restores the latest."""
+
+    def __init__(self, cfg: Config, parties: Any, directory: Path | None) -> None:
+        self.cfg, self.p, self.directory = cfg, parties, directory
+        #: Boundaries up to this round are already on disk (a resumed run starts after one).
+        self.saved = 0
+
+    def on_boundary(self, r: int, results: dict[int, ClientResult]) -> None:
+        """Save round ``r`` unless it is on disk already or it is the end of the run."""
+        if self.directory is not None and self.saved < r <= self.cfg.train.rounds:
+            self.save(r, results)
+            self.saved = r
+
+    def save(self, r: int, results: dict[int, ClientResult]) -> Path:
+        """Write round ``r``'s checkpoint of every party."""
+        assert self.directory is not None
+        parts: dict[str, Any] = {
+            "federation": state.federation_state(self.p.federation),
+            "main": state.main_state(self.p.main),
+        }
+        for c in self.p.clients:
+            parts[f"client-{c.cid}"] = state.client_state(c)
+        parts["run"] = {
+            "round": r,
+            "ledger": list(self.p.ledger.rows),
+            "results": results,
+            "random": state.process_random_state(),
+        }
+        return checkpoint.write_round(self.directory, r, self.cfg, parts)
+
+    def restore(self) -> tuple[int, dict[int, ClientResult]] | None:
+        """Load the latest complete round into the parties; (round, each client's result so
+        far), or None when there is no checkpoint."""
+        found = None if self.directory is None else checkpoint.latest(self.directory, self.cfg)
+        if found is None:
+            return None
+        r, path = found
+        run = checkpoint.load_part(path, "run")
+        if sorted(run["results"]) != [c.cid for c in self.p.clients]:
+            raise ValueError(f"{path}: the checkpoint's clients differ from this run's")
+        state.restore_federation(self.p.federation, checkpoint.load_part(path, "federation"))
+        state.restore_main(self.p.main, checkpoint.load_part(path, "main"))
+        for c in self.p.clients:
+            state.restore_client(c, checkpoint.load_part(path, f"client-{c.cid}"))
+        self.p.ledger.rows[:] = run["ledger"]
+        state.restore_process_random_state(run["random"])
+        self.saved = r
+        return r, run["results"]
