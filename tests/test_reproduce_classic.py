@@ -32,7 +32,9 @@ def _csv(path) -> list[dict[str, str]]:
 @pytest.mark.parametrize("name", ["quick", "full"])
 def test_presets_run_every_classic_codec_over_its_knob(name):
     preset = load_preset(name)
-    assert {"fp16", "int", "topk", "randtopk"} <= set(preset.classic)
+    # The quick preset keeps the points nearest the learned codecs' rates; the full one all.
+    every = {"fp16", "int", "topk"} | ({"randtopk"} if name == "full" else set())
+    assert every <= set(preset.classic)
     plan = make_plan(preset)
     for codec, values in preset.classic.items():
         for scheme in preset.schemes:

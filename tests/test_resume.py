@@ -41,15 +41,20 @@ def _kill_when(out: Path, ready) -> None:
     """Start a run in a child process and SIGKILL it as soon as ``ready(out)`` holds."""
     log = out.parent / f"{out.name}.log"
     log.touch()
-    child = multiprocessing.get_context("fork").Process(target=_train, args=(str(out), str(log)))
+    # Spawned, not forked: a fork of a process whose torch thread pool has run can deadlock in
+    # its first parallel op, and the test would then wait on it forever.
+    child = multiprocessing.get_context("spawn").Process(target=_train, args=(str(out), str(log)))
     child.start()
-    deadline = time.monotonic() + 120
-    while not ready(out, log.read_text()):
-        assert child.is_alive(), "the run ended before it could be killed"
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
-    os.kill(child.pid, signal.SIGKILL)
-    child.join()
+    try:
+        deadline = time.monotonic() + 120
+        while not ready(out, log.read_text()):
+            assert child.is_alive(), "the run ended before it could be killed"
+            assert time.monotonic() < deadline, "the run did not reach the point to kill it at"
+            time.sleep(0.01)
+        os.kill(child.pid, signal.SIGKILL)
+    finally:
+        child.kill()  # a no-op once it is dead; never leaves a run behind the test
+        child.join()
     assert child.exitcode == -signal.SIGKILL
 
 

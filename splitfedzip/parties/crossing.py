@@ -76,9 +76,9 @@ class CodecSender:
         self._coded: tuple[Tensor, Tensor, CodecOutput] | None = None
         #: A frozen codec neither trains nor adds its rate to a loss (docs/baselines.md).
         self.frozen = False
-        #: receiver -> the live weights its snapshot was taken from, once frozen: while they
-        #: stay the same there is nothing new to send it
-        self._frozen_sent: dict[int, dict[str, Tensor]] = {}
+        #: receiver -> (version, the live weights its snapshot was taken from), once frozen:
+        #: while they stay the same there is nothing new to send it
+        self._frozen_sent: dict[int, tuple[int, dict[str, Tensor]]] = {}
         self.reset_optimizers()
 
     def freeze(self) -> None:
@@ -139,15 +139,18 @@ class CodecSender:
             # Unchanged unless a round loaded other weights (e.g. the test's best round).
             state = {k: v.detach().clone() for k, v in self.live.state_dict().items()}
             held = self._frozen_sent.get(receiver)
-            if held is not None and all(torch.equal(held[k], v) for k, v in state.items()):
+            if held is not None and all(torch.equal(held[1][k], v) for k, v in state.items()):
+                if receiver not in self._snapshots:  # released between rounds
+                    self._snapshots[receiver] = (held[0], self._rebuild(receiver))
                 return None
-            self._frozen_sent[receiver] = state
         snap = self._freeze(receiver)
         snap.update()
         self.version += 1
         self._snapshots[receiver] = (self.version, snap)
         self._stale[receiver] = 0
         self._forced.discard(receiver)
+        if self.frozen:
+            self._frozen_sent[receiver] = (self.version, state)
         if self.sync_codec == "float32":
             return self.version, pack_state(snap.decoder_state())
         # Lossy: the snapshot adopts what the receiver reconstructs before it codes anything.
@@ -157,6 +160,15 @@ class CodecSender:
         snap.load_decoder_state(state)
         self._sent[receiver] = (self.version, state)
         return self.version, payload
+
+    def _rebuild(self, receiver: int) -> Codec:
+        """The snapshot ``receiver`` holds of a frozen codec, rebuilt here without sending it:
+        the live weights, and with a lossy sync the decoder state the receiver reconstructed."""
+        snap = copy.deepcopy(self.live).eval()
+        snap.update()
+        if self.sync_codec != "float32":
+            snap.load_decoder_state(self._sent[receiver][1])
+        return snap
 
     def _freeze(self, receiver: int) -> Codec:
         """The live codec's weights, in the module of ``receiver``'s last snapshot if any.
