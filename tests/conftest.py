@@ -15,6 +15,15 @@ def _seed_and_threads():
 
 
 @pytest.fixture
+def one_thread():
+    """One torch thread for the test: tiny runs are fastest so, and leave the other core free."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
 def lesion_folder(tmp_path):
     """Write ``n`` synthetic lesions, all different, in HAM10000's layout under tmp_path/name."""
 

@@ -5,23 +5,14 @@ import logging
 
 import pytest
 import torch
+from test_runtime import tiny
 
-from splitfedzip.config import CodecTrainingConfig, ConfigError, load_config
+from splitfedzip.config import CodecTrainingConfig, ConfigError
 from splitfedzip.experiments.train import embedded_parties, run_embedded, write_outputs
 from splitfedzip.federation.freezing import FreezeRule
 from splitfedzip.parties.messages import Ids
 from splitfedzip.parties.models import ClientModel, ServerModel
 from splitfedzip.parties.pretrained import PretrainedError
-
-TINY = [
-    "data.image_size=64", "data.num_samples=12", "data.test_samples=4", "model.base_width=4",
-    "train.rounds=1", "train.local_epochs=1", "train.batch_size=2", "train.device=cpu",
-    "codec_options.latent_channels=8", "codec=ae", "lambda=10",
-]  # fmt: skip
-
-
-def tiny(*extra: str):
-    return load_config(None, [*TINY, *extra])
 
 
 def params(state: dict, prefix: str) -> dict:

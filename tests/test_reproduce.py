@@ -9,7 +9,6 @@ import shutil
 
 import numpy as np
 import pytest
-import torch
 
 from splitfedzip.cli.main import main
 from splitfedzip.config import ConfigError, dump_config
@@ -28,13 +27,8 @@ TINY_RUN = {
 TINY_FIGURES = FigureOptions(history_variants=("f-ae",), example_variant="f-ae")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny runs are fastest on one thread (and do not fight other processes for cores)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Tiny runs are fastest on one thread (and do not fight other processes for cores).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_preset() -> Preset:

@@ -6,7 +6,6 @@ import csv
 import math
 
 import pytest
-import torch
 from test_reproduce import TINY_RUN
 
 from splitfedzip.config import CLASSIC_CODECS, ConfigError
@@ -15,13 +14,8 @@ from splitfedzip.reproduce.aggregate import NC_MARGIN, reach_rows
 from splitfedzip.reproduce.plan import KNOBS, preset_from_dict
 from splitfedzip.reproduce.report import _verdict
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Tiny runs are fastest on one thread (and do not fight other processes for cores).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _csv(path) -> list[dict[str, str]]:

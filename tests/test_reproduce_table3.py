@@ -8,7 +8,6 @@ import dataclasses
 import math
 
 import pytest
-import torch
 from test_reproduce import tiny_preset
 
 from splitfedzip.config import ConfigError
@@ -17,13 +16,8 @@ from splitfedzip.reproduce.baseline_grid import BaselineGrid, baseline_grid
 from splitfedzip.reproduce.baselines import stages
 from splitfedzip.reproduce.plan import preset_from_dict
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Tiny runs are fastest on one thread (and do not fight other processes for cores).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_grid(**changes) -> BaselineGrid:
