@@ -60,6 +60,17 @@ def _check_uncoded(payload: bytes, expected: int) -> None:
         )
 
 
+def _coded_delta(name: str, delta: Tensor, codec: str) -> list[bytes]:
+    """One float tensor's update as ``codec`` sends it: float16, or a scale and its levels."""
+    if _halved(codec, delta.dim()):
+        half = delta.to(torch.float16)
+        if not bool(torch.isfinite(half).all()):
+            raise UpdateError(f"{name!r}: the update overflows float16")
+        return [tensor_to_bytes(half)]
+    q, scale = _levels(delta, codec)
+    return [tensor_to_bytes(scale), tensor_to_bytes(q)]
+
+
 def _levels(delta: Tensor, codec: str) -> tuple[Tensor, Tensor]:
     # Per output channel (dim 0) for weight tensors, per tensor for vectors: the rows of a
     # convolution differ in range by orders of magnitude. Levels are stored one per byte
@@ -110,15 +121,7 @@ def encode_update(
         if not ref.is_floating_point():
             blobs.append(tensor_to_bytes(value - ref))  # integer counters: exact
             continue
-        delta = value.float() - ref.float()
-        if _halved(codec, ref.dim()):
-            half = delta.to(torch.float16)
-            if not bool(torch.isfinite(half).all()):
-                raise UpdateError(f"{name!r}: the update overflows float16")
-            blobs.append(tensor_to_bytes(half))
-        else:
-            q, scale = _levels(delta, codec)
-            blobs += [tensor_to_bytes(scale), tensor_to_bytes(q)]
+        blobs += _coded_delta(name, value.float() - ref.float(), codec)
     uncoded = _UNCODED.pack(len(pack_state(state)))
     payload = uncoded + lzma.compress(b"".join(blobs), preset=PRESET)
     return payload, decode_update(payload, reference, codec)
@@ -200,14 +203,7 @@ def encode_state(
         shapes += [value.dim(), *value.shape]
         base = held.get(name)
         delta = value.float() - (base.float() if _same(base, value) else 0.0)
-        if _halved(codec, value.dim()):
-            half = delta.to(torch.float16)
-            if not bool(torch.isfinite(half).all()):
-                raise UpdateError(f"{name!r}: the update overflows float16")
-            blobs.append(tensor_to_bytes(half))
-        else:
-            q, scale = _levels(delta, codec)
-            blobs += [tensor_to_bytes(scale), tensor_to_bytes(q)]
+        blobs += _coded_delta(name, delta, codec)
     tables[_SHAPES] = torch.tensor(shapes, dtype=torch.int32)
     packed = pack_state(tables)
     data = _TABLES.pack(len(packed)) + packed + b"".join(blobs)
