@@ -93,15 +93,11 @@ def draw(plan: Plan, out: Path, curves: list[dict]) -> list[Artifact]:
     from . import figures  # matplotlib: not for the worker processes, which import this package
 
     datasets, runs, opts = list(plan.bases), plan.runs, plan.preset.figures
-    arts = []
-    for d in datasets:
-        title = f"Rate-accuracy, {d} (paper Figs. 2/3)"
-        if not any(c["dataset"] == d for c in curves):
-            arts.append(Artifact(title, None, report.READ["ra"], "no finished runs"))
-            continue
-        path = out / f"fig-rate-accuracy-{d}.png"
-        figures.rate_accuracy(curves, d, path)
-        arts.append(Artifact(title, path, report.READ["ra"]))
+    arts = [
+        _per_dataset(f"Rate-accuracy, {d} (paper Figs. 2/3)", "ra", curves, d,
+                     out / f"fig-rate-accuracy-{d}.png", figures.rate_accuracy, "no finished runs")
+        for d in datasets
+    ]  # fmt: skip
     title = "Compression ratio vs λ (paper Fig. 4)"
     if any(c["lambda"] is not None for c in curves):
         path = out / "fig-cr-lambda.png"
@@ -129,16 +125,23 @@ def draw_table3(out: Path, table: list[dict], datasets: tuple[str, ...]) -> list
     """Table 3's MJI-vs-DT figure of each dataset, or the reason it is missing."""
     from . import table3_figure
 
-    arts = []
-    for d in datasets:
-        title = f"MJI vs data transferred, {d} (paper Table 3)"
-        if not any(r["dataset"] == d for r in table):
-            arts.append(Artifact(title, None, report.READ["dt"], "no finished Table 3 runs"))
-            continue
-        path = out / f"fig-table3-mji-dt-{d}.png"
-        table3_figure.mji_dt(table, d, path)
-        arts.append(Artifact(title, path, report.READ["dt"]))
-    return arts
+    return [
+        _per_dataset(f"MJI vs data transferred, {d} (paper Table 3)", "dt", table, d,
+                     out / f"fig-table3-mji-dt-{d}.png", table3_figure.mji_dt,
+                     "no finished Table 3 runs")
+        for d in datasets
+    ]  # fmt: skip
+
+
+def _per_dataset(
+    title: str, kind: str, rows: list[dict], dataset: str, path: Path, draw_fn, missing: str
+) -> Artifact:
+    """One dataset's figure drawn from ``rows`` by ``draw_fn(rows, dataset, path)``, or the
+    reason it is missing (no row of that dataset)."""
+    if not any(r["dataset"] == dataset for r in rows):
+        return Artifact(title, None, report.READ[kind], missing)
+    draw_fn(rows, dataset, path)
+    return Artifact(title, path, report.READ[kind])
 
 
 def _training_bpp(plan: Plan, out: Path, dataset: str) -> Artifact:
