@@ -60,6 +60,19 @@ def _check_uncoded(payload: bytes, expected: int) -> None:
         )
 
 
+def _inflate(payload: bytes, limit: int, what: str, size: str) -> memoryview:
+    """The xz stream after a coded payload's size header, inflated to at most ``limit`` bytes
+    (a small hostile payload could expand to gigabytes); UpdateError names ``what``."""
+    unpack = lzma.LZMADecompressor()
+    try:
+        data = memoryview(unpack.decompress(payload[_UNCODED.size :], max_length=limit + 1))
+    except lzma.LZMAError as e:
+        raise UpdateError(f"{what} does not decode: {e}") from None
+    if not unpack.eof or unpack.unused_data:
+        raise UpdateError(f"{what} is not one complete xz stream {size}")
+    return data
+
+
 def _coded_delta(name: str, delta: Tensor, codec: str) -> list[bytes]:
     """One float tensor's update as ``codec`` sends it: float16, or a scale and its levels."""
     if _halved(codec, delta.dim()):
@@ -134,13 +147,7 @@ def decode_update(payload: bytes, reference: Mapping[str, Tensor], codec: str) -
     # gigabytes.
     # A model of other names, shapes or dtypes packs to another size: refused before inflating.
     _check_uncoded(payload, len(pack_state(reference)))
-    unpack = lzma.LZMADecompressor()
-    try:
-        data = memoryview(unpack.decompress(payload[_UNCODED.size :], max_length=size + 1))
-    except lzma.LZMAError as e:
-        raise UpdateError(f"the update does not decode: {e}") from None
-    if not unpack.eof or unpack.unused_data:
-        raise UpdateError("the update is not one complete xz stream of the expected size")
+    data = _inflate(payload, size, "the update", "of the expected size")
     pos, out = 0, {}
 
     def take(name: str, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
@@ -224,13 +231,7 @@ def decode_state(
 ) -> dict[str, Tensor]:
     """Inverse of :func:`encode_state`, inflating at most ``limit`` bytes; ``layout`` (the
     receiver's own decoder state) gives the floating-point tensors' names, shapes and order."""
-    unpack = lzma.LZMADecompressor()
-    try:
-        data = memoryview(unpack.decompress(payload[_UNCODED.size :], max_length=limit + 1))
-    except lzma.LZMAError as e:
-        raise UpdateError(f"the coded state does not decode: {e}") from None
-    if not unpack.eof or unpack.unused_data:
-        raise UpdateError(f"the coded state is not one complete xz stream of at most {limit} bytes")
+    data = _inflate(payload, limit, "the coded state", f"of at most {limit} bytes")
     if len(data) < _TABLES.size:
         raise UpdateError("the coded state ends before its tables")
     (n,) = _TABLES.unpack_from(data)
