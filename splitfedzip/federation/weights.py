@@ -143,9 +143,8 @@ def encode_update(
 def decode_update(payload: bytes, reference: Mapping[str, Tensor], codec: str) -> dict[str, Tensor]:
     """The model ``reference`` plus the decoded update; UpdateError names the bad tensor."""
     size = sum(_coded_size(v, codec) for v in reference.values())
-    # Never inflate more than the reference implies: a small hostile payload could expand to
-    # gigabytes.
-    # A model of other names, shapes or dtypes packs to another size: refused before inflating.
+    # Never inflate more than the reference implies. A model of other names, shapes or dtypes
+    # packs to another size: refused before inflating.
     _check_uncoded(payload, len(pack_state(reference)))
     data = _inflate(payload, size, "the update", "of the expected size")
     pos, out = 0, {}
