@@ -1,3 +1,5 @@
+import io
+
 import pytest
 import torch
 
@@ -114,6 +116,22 @@ def test_decoder_state_transfers_to_a_fresh_codec(name):
     x = torch.randn(1, 4, 64, 64)
     with torch.no_grad():
         assert torch.equal(receiver.decompress(sender.compress(x), (1, 4, 64, 64)), sender(x).x_hat)
+
+
+@pytest.mark.parametrize("name", ["ae", "cheng2020-attn"])
+def test_a_codec_survives_a_round_checkpoint(name):
+    # Round checkpoints pickle whole parties, codecs included (parties/state.py).
+    codec = make_codec(name, 4, latent_channels=8).eval()
+    codec.update()
+    x = torch.randn(1, 4, 64, 64)
+    buffer = io.BytesIO()
+    torch.save({"codec": codec}, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)["codec"]
+    with torch.no_grad():
+        data = codec.compress(x)
+        assert loaded.compress(x) == data
+        assert torch.equal(loaded.decompress(data, (1, 4, 64, 64)), codec(x).x_hat)
 
 
 @pytest.mark.parametrize("name", ["ae", "cheng2020-attn"])

@@ -7,7 +7,7 @@ import math
 import torch
 import torch.nn.functional as F
 from compressai.entropy_models import EntropyBottleneck
-from compressai.layers import ResidualBlockWithStride, subpel_conv3x3
+from compressai.layers import AttentionBlock, ResidualBlockWithStride, subpel_conv3x3
 from compressai.models import Cheng2020Attention
 from compressai.models.base import get_scale_table
 from torch import Tensor, nn
@@ -17,6 +17,28 @@ from .streams import SymbolReader, SymbolWriter, bottleneck_medians, tables
 
 _KERNEL = 5  # context model (masked conv) kernel
 _PAD = (_KERNEL - 1) // 2
+
+
+class ResidualUnit(nn.Module):
+    """CompressAI's attention-block residual unit, at module level so that pickle can name it.
+
+    CompressAI defines the unit inside ``AttentionBlock.__init__``; round checkpoints pickle
+    whole parties, codecs included, and pickle cannot name a class local to a function.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        """conv(x) + x, then ReLU (as CompressAI's unit)."""
+        out = self.conv(x)
+        out += x
+        return self.relu(out)
+
+
+def make_picklable(net: nn.Module) -> None:
+    """Give every attention block's residual units the module-level class (same weights)."""
+    for block in net.modules():
+        if isinstance(block, AttentionBlock):
+            for unit in (*block.conv_a, *block.conv_b[:-1]):
+                unit.__class__ = ResidualUnit
 
 
 class Cheng2020AttentionCodec(Codec):
@@ -47,6 +69,7 @@ class Cheng2020AttentionCodec(Codec):
         self.net.g_s[-1] = subpel_conv3x3(n, channels, 2)
         # The hyper-latent's factorized prior; its initialisation draws no random numbers.
         self.net.entropy_bottleneck = EntropyBottleneck(n, init_scale=init_scale)
+        make_picklable(self.net)
 
     def forward(self, x: Tensor) -> CodecOutput:
         """Training: CompressAI's parallel noisy forward. Eval: the exact raster scan."""
