@@ -192,6 +192,21 @@ def test_codec_options_of_a_preset_apply_to_that_codec_only():
         make_plan(bad)
 
 
+def test_dataset_run_keys_apply_to_that_dataset_only():
+    preset = Preset("tiny", TINY_RUN, ("synthetic-lesion", "synthetic-blastocyst"), ("f",),
+                    ("ae",), {"ae": (1.0,)}, seeds=1,
+                    dataset_run={"synthetic-blastocyst": {"train": {"batch_size": 1}}})  # fmt: skip
+    plan = make_plan(preset, datasets=["synthetic-lesion"])
+    assert {r.config.train.batch_size for r in plan.runs} == {2}
+    # A dataset outside the grid (Table 3's other dataset) is built the same way.
+    other = plan.base("synthetic-blastocyst")
+    assert (other.train.batch_size, other.data.dataset) == (1, "synthetic-blastocyst")
+    assert plan.base("synthetic-lesion").train.batch_size == 2
+    with pytest.raises(ConfigError, match="dataset_run: 'cifar' is not one of"):
+        Preset("x", TINY_RUN, ("synthetic-lesion",), ("f",), ("ae",), {"ae": (1.0,)}, seeds=1,
+               dataset_run={"cifar": {}})  # fmt: skip
+
+
 def test_order_rows_rank_the_rate_against_lambda():
     from splitfedzip.reproduce.aggregate import order_rows
 

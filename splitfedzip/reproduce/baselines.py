@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import Config, from_dict
+from ..config import from_dict
 from .plan import Plan, Run, _run, merge
 
 #: Table 3's methods (run variants), in the table's order; NC is the grid's ``nc``.
@@ -57,7 +57,7 @@ def stages(plan: Plan, out: Path) -> Stages:
     datasets, seeds = grid.datasets or tuple(plan.bases), grid.seeds or plan.seeds
     for seed in range(seeds):
         for dataset in datasets:
-            base = _base(plan, dataset)
+            base = plan.base(dataset)
             add(first, _run(plan.preset, base, dataset, "nc", None, None, seed))
             ayad = _run(plan.preset, base, dataset, "f", grid.codec, grid.ayad_lambda, seed)
             for g in grid.gthres:
@@ -72,7 +72,7 @@ def stages(plan: Plan, out: Path) -> Stages:
             other = grid.pretrain_on.get(dataset)
             if other is None:
                 continue  # no partner dataset: no M1 nor two-stage rows
-            pre = _base(plan, other)
+            pre = plan.base(other)
             pre_ayad = add(
                 first, _run(plan.preset, pre, other, "f", grid.codec, grid.ayad_lambda, seed)
             )
@@ -91,17 +91,6 @@ def stages(plan: Plan, out: Path) -> Stages:
 
 #: M1 and two-stage: the feature codecs are loaded and frozen; gradient codecs keep training.
 _FEATURES_FROZEN = {"s1_feature": False, "s2_feature": False}
-
-
-def _base(plan: Plan, dataset: str) -> Config:
-    """The plan's base config of ``dataset``, or (a dataset outside the grid) the first
-    dataset's with the data set replaced."""
-    if dataset in plan.bases:
-        return plan.bases[dataset]
-    raw = next(iter(plan.bases.values())).to_dict()
-    raw["data"]["dataset"] = dataset
-    raw["model"]["num_classes"] = None  # follows the dataset
-    return from_dict(raw)
 
 
 def _method(

@@ -71,6 +71,8 @@ class Preset:
     codec_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     #: The paper's Table 3 (Ayad et al.'s M1/M2, two-stage, two-phase); None: not run.
     baselines: BaselineGrid | None = None
+    #: Dataset -> run keys set on that dataset's runs only, over ``run``.
+    dataset_run: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         """Check the grid, so that a bad preset fails before any run starts."""
@@ -94,6 +96,9 @@ class Preset:
         for c, options in self.codec_options.items():
             _need(c in (*self.codecs, *self.classic), f"codec_options: {c!r} is not in the grid")
             _need(isinstance(options, Mapping), f"codec_options.{c}: must be a mapping")
+        for d, keys in self.dataset_run.items():
+            _need(d in DATASETS, f"dataset_run: {d!r} is not one of {DATASETS}")
+            _need(isinstance(keys, Mapping), f"dataset_run.{d}: must be a mapping")
         _need(self.seeds >= 1, "seeds: must be >= 1")
 
 
@@ -136,10 +141,19 @@ class Plan:
     bases: Mapping[str, Config]
     runs: tuple[Run, ...]
     seeds: int
+    #: What every dataset's base is made from: the preset's ``run`` and ``config``, and ``--set``.
+    source: Mapping[str, Any] = field(default_factory=dict)
+    overrides: tuple[str, ...] = ()
 
     def base_yaml(self, dataset: str) -> str:
         """A dataset's base run configuration as YAML (scheme, codec, λ and seed vary)."""
         return dump_config(self.bases[dataset])
+
+    def base(self, dataset: str) -> Config:
+        """``dataset``'s base run configuration, for the grid's datasets and any other."""
+        if dataset in self.bases:
+            return self.bases[dataset]
+        return _dataset_base(self.preset, self.source, dataset, self.overrides)
 
 
 def _need(ok: bool, message: str) -> None:
@@ -161,7 +175,7 @@ def preset_from_dict(raw: Mapping[str, Any], default_name: str = "custom") -> Pr
     """Build a :class:`Preset` from a preset file's mapping."""
     _need(isinstance(raw, Mapping), "the top level must be a mapping")
     keys = {"name", "run", "datasets", "schemes", "codecs", "lambdas", "seeds", "figures",
-            "classic", "codec_options", "baselines"}  # fmt: skip
+            "classic", "codec_options", "baselines", "dataset_run"}  # fmt: skip
     unknown = set(raw) - keys
     _need(not unknown, f"unknown keys {sorted(unknown)} (known: {sorted(keys)})")
     figures = dict(raw.get("figures") or {})
@@ -185,6 +199,7 @@ def preset_from_dict(raw: Mapping[str, Any], default_name: str = "custom") -> Pr
         classic=classic,
         codec_options=dict(raw.get("codec_options") or {}),
         baselines=baseline_grid(raw.get("baselines")),
+        dataset_run=dict(raw.get("dataset_run") or {}),
     )
 
 
@@ -221,10 +236,7 @@ def make_plan(
     if config is not None:
         raw = merge(raw, _read_yaml(Path(config)))
         datasets = [str(raw.get("data", {}).get("dataset", "synthetic-lesion"))]
-    bases = {
-        d: from_dict(apply_overrides(merge(raw, {"data": {"dataset": d}}), list(overrides)))
-        for d in (datasets or preset.datasets)
-    }
+    bases = {d: _dataset_base(preset, raw, d, overrides) for d in (datasets or preset.datasets)}
     count = preset.seeds if seeds is None else seeds
     if count < 1:
         raise ConfigError(f"--seeds: must be >= 1, got {count}")
@@ -243,7 +255,15 @@ def make_plan(
                         setting = None if value is None else (knob, value)
                         runs.append(_run(preset, base, dataset, scheme, codec, None, seed, setting))
     _check_shapes(bases, (*preset.codecs, *preset.classic))
-    return Plan(preset, bases, tuple(runs), count)
+    return Plan(preset, bases, tuple(runs), count, raw, tuple(overrides))
+
+
+def _dataset_base(
+    preset: Preset, raw: Mapping[str, Any], dataset: str, overrides: Sequence[str]
+) -> Config:
+    """One dataset's base: ``raw``, its ``dataset_run`` keys, the dataset, then ``--set``."""
+    keys = merge(preset.dataset_run.get(dataset, {}), {"data": {"dataset": dataset}})
+    return from_dict(apply_overrides(merge(raw, keys), list(overrides)))
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
