@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from splitfedzip.codecs import CodecError, make_codec
+from splitfedzip.codecs.registry import CODEC_NAMES
 from splitfedzip.codecs.streams import CHECK_SIZE, STREAM_OVERHEAD, SymbolMismatch
 
 
@@ -118,7 +119,7 @@ def test_decoder_state_transfers_to_a_fresh_codec(name):
         assert torch.equal(receiver.decompress(sender.compress(x), (1, 4, 64, 64)), sender(x).x_hat)
 
 
-@pytest.mark.parametrize("name", ["ae", "cheng2020-attn"])
+@pytest.mark.parametrize("name", CODEC_NAMES)
 def test_a_codec_survives_a_round_checkpoint(name):
     # Round checkpoints pickle whole parties, codecs included (parties/state.py).
     codec = make_codec(name, 4, latent_channels=8).eval()
