@@ -141,7 +141,7 @@ class Plan:
     bases: Mapping[str, Config]
     runs: tuple[Run, ...]
     seeds: int
-    #: What every dataset's base is made from: the preset's ``run`` and ``config``, and ``--set``.
+    #: What every dataset's base is made from besides the preset: ``--config``'s keys, ``--set``.
     source: Mapping[str, Any] = field(default_factory=dict)
     overrides: tuple[str, ...] = ()
 
@@ -232,11 +232,11 @@ def make_plan(
             raise ConfigError(
                 f"--set {key}: the grid sets it; use the preset, --dataset or --seeds"
             )
-    raw = dict(preset.run)
+    keys: dict[str, Any] = {}
     if config is not None:
-        raw = merge(raw, _read_yaml(Path(config)))
-        datasets = [str(raw.get("data", {}).get("dataset", "synthetic-lesion"))]
-    bases = {d: _dataset_base(preset, raw, d, overrides) for d in (datasets or preset.datasets)}
+        keys = _read_yaml(Path(config))
+        datasets = [str(merge(preset.run, keys).get("data", {}).get("dataset", "synthetic-lesion"))]
+    bases = {d: _dataset_base(preset, keys, d, overrides) for d in (datasets or preset.datasets)}
     count = preset.seeds if seeds is None else seeds
     if count < 1:
         raise ConfigError(f"--seeds: must be >= 1, got {count}")
@@ -255,15 +255,16 @@ def make_plan(
                         setting = None if value is None else (knob, value)
                         runs.append(_run(preset, base, dataset, scheme, codec, None, seed, setting))
     _check_shapes(bases, (*preset.codecs, *preset.classic))
-    return Plan(preset, bases, tuple(runs), count, raw, tuple(overrides))
+    return Plan(preset, bases, tuple(runs), count, keys, tuple(overrides))
 
 
 def _dataset_base(
-    preset: Preset, raw: Mapping[str, Any], dataset: str, overrides: Sequence[str]
+    preset: Preset, config: Mapping[str, Any], dataset: str, overrides: Sequence[str]
 ) -> Config:
-    """One dataset's base: ``raw``, its ``dataset_run`` keys, the dataset, then ``--set``."""
-    keys = merge(preset.dataset_run.get(dataset, {}), {"data": {"dataset": dataset}})
-    return from_dict(apply_overrides(merge(raw, keys), list(overrides)))
+    """One dataset's base: the preset's ``run``, its ``dataset_run`` keys, ``config``, the
+    dataset, then ``--set``."""
+    raw = merge(merge(preset.run, preset.dataset_run.get(dataset, {})), config)
+    return from_dict(apply_overrides(merge(raw, {"data": {"dataset": dataset}}), list(overrides)))
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
