@@ -126,6 +126,9 @@ def test_freezing_rules_stop_the_codecs(rule):
     assert same(params(fed[first + 1], "s1_feature."), params(fed[first], "s1_feature."))
     assert same(params(main[first + 1], "s2_feature."), params(main[first], "s2_feature."))
     assert not same(params(fed[first + 1], "front_end."), params(fed[first], "front_end."))
+    # summary.json's rounds say which rounds trained with frozen codecs.
+    frozen = [k["codecs_frozen"] for k in p.federation._record()["rounds"]]
+    assert frozen == [k >= first for k in range(rounds)]
 
 
 def test_the_rate_rule():

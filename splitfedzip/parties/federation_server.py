@@ -233,6 +233,7 @@ class FederationServer(Handler):
                 "round": k, "participants": self.participants.get(k),
                 "val_loss": self.val_loss.get(k + 1), "val_clients": self.val_clients.get(k + 1),
             } | ({"sampled": sorted(self.rounds.sampled[k])} if k in self.rounds.sampled else {})
+            | ({"codecs_frozen": self.freezing.frozen(k)} if self.freezing.active else {})
             for k in range(self.cfg.train.rounds)
         ]  # fmt: skip
         events = [asdict(e) for e in self.rounds.events]
