@@ -1,7 +1,6 @@
 """Ayad et al.'s gradient threshold, frozen codecs, freezing rules and pretrained codecs."""
 
 import asyncio
-import logging
 
 import pytest
 import torch
@@ -12,7 +11,7 @@ from splitfedzip.experiments.train import embedded_parties, run_embedded, write_
 from splitfedzip.federation.freezing import FreezeRule
 from splitfedzip.parties.messages import Ids
 from splitfedzip.parties.models import ClientModel, ServerModel
-from splitfedzip.parties.pretrained import PretrainedError
+from splitfedzip.parties.pretrained import HeadReinitialised, PretrainedError
 
 
 def params(state: dict, prefix: str) -> dict:
@@ -143,7 +142,7 @@ def test_the_rate_rule():
     assert not FreezeRule(CodecTrainingConfig()).active
 
 
-def test_pretrained_codecs_and_unet_from_another_run(tmp_path, caplog):
+def test_pretrained_codecs_and_unet_from_another_run(tmp_path):
     cfg = tiny("scheme=f")
     write_outputs(cfg, run_embedded(cfg), tmp_path / "pre")
     saved = torch.load(tmp_path / "pre/checkpoints/client_global.pt", weights_only=True)
@@ -153,9 +152,8 @@ def test_pretrained_codecs_and_unet_from_another_run(tmp_path, caplog):
         "scheme=f", "data.dataset=synthetic-blastocyst",
         f"codec_training.pretrained={tmp_path}/pre", "codec_training.pretrained_unet=true",
     )  # fmt: skip
-    with caplog.at_level(logging.WARNING):
+    with pytest.warns(HeadReinitialised, match="trained for 2 classes, this run has 5: it is re-"):
         client, server = ClientModel(other, 5), ServerModel(other, 5)
-    assert "trained for 2 classes, this run has 5: it is re-initialised" in caplog.text
     state, sstate = client.state_dict(), server.state_dict()
     for key in [k for k in saved if not k.startswith("back_end.head.")]:
         assert torch.equal(state[key], saved[key]), key

@@ -4,21 +4,19 @@
 tested global models, ``client_global.pt`` (front end, back end, the clients' codecs) and
 ``server_global.pt`` (server part, the main server's codecs). Every learned codec of this run
 is loaded from there, and the U-Net too with ``pretrained_unet``. A head trained for another
-number of classes is left freshly initialised, and the log says so; any other mismatch is an
+number of classes is left freshly initialised, and a warning says so; any other mismatch is an
 error naming the file and the tensor.
 """
 
 from __future__ import annotations
 
-import logging
+import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from ..config import Config, ConfigError
-
-log = logging.getLogger(__name__)
 
 #: Checkpoint name -> (its codecs, its U-Net parts), as module attribute names.
 PARTS = {
@@ -33,6 +31,10 @@ _TABLES = ("_quantized_cdf", "_offset", "_cdf_length", "scale_table")
 
 class PretrainedError(ConfigError):
     """The earlier run's checkpoints do not fit this run's model."""
+
+
+class HeadReinitialised(UserWarning):
+    """The earlier run's head was trained for another number of classes and is not loaded."""
 
 
 def load_pretrained(module: nn.Module, cfg: Config, name: str) -> None:
@@ -75,7 +77,13 @@ def load_pretrained(module: nn.Module, cfg: Config, name: str) -> None:
         chosen[key] = saved[key]
     module.load_state_dict(chosen, strict=False)
     if head:
-        log.warning(
-            "%s: the head was trained for %d classes, this run has %d: it is re-initialised",
-            path, saved[f"{HEAD}weight"].shape[0], module.state_dict()[f"{HEAD}weight"].shape[0],
-        )  # fmt: skip
+        # A warning, not a log line: every client model and the federation server's template
+        # load the same checkpoint, and Python shows a warning once per process.
+        trained = saved[f"{HEAD}weight"].shape[0]
+        now = module.state_dict()[f"{HEAD}weight"].shape[0]
+        warnings.warn(
+            f"{path}: the head was trained for {trained} classes, this run has {now}: "
+            "it is re-initialised",
+            HeadReinitialised,
+            stacklevel=2,
+        )
