@@ -35,11 +35,14 @@ def mji_dt(table: Sequence[dict[str, Any]], dataset: str, path: Path) -> None:
                 continue
             xs, ys = [r[f"{key}_mean"] for r in pts], [r["mji_mean"] for r in pts]
             ax.plot(xs, ys, label=method, **style)
+            # Settings that gave the same point (a threshold never reached) share one label.
+            labels: dict[tuple[float, float], list[str]] = {}
             for r, x, y in zip(pts, xs, ys, strict=True):
                 if r["setting"]:
-                    label = r["setting"].split("=")[1]
-                    ax.annotate(label, (x, y), textcoords="offset points", xytext=(3, 3),
-                                fontsize=6)  # fmt: skip
+                    labels.setdefault((x, y), []).append(r["setting"].split("=")[1])
+            for (x, y), names in labels.items():
+                ax.annotate(", ".join(names), (x, y), textcoords="offset points", xytext=(3, 3),
+                            fontsize=6)  # fmt: skip
         ax.set_xscale("log")
         ax.set_xlabel(f"DT, bytes ({name})")
         ax.grid(True, which="both", alpha=0.3)
