@@ -21,7 +21,7 @@ CLIENT_STATE = ("model", "s1f", "s2g", "rx_s2f", "rx_s1g", "rng", "opt", "refere
 MAIN_STATE = ("peers", "globals", "participants", "_shared", "_sums", "_template")
 FEDERATION_STATE = (
     "globals", "rounds", "participants", "val_loss", "val_clients", "updates", "_digests",
-    "_sums",
+    "_sums", "freezing", "_rates",
 )  # fmt: skip
 
 
