@@ -1,0 +1,121 @@
+"""Resume under `launch`: a federation server killed (SIGKILL) mid-run is restarted from its
+checkpoint and the clients go on; a whole launch killed is continued with --resume. Both end
+with the uninterrupted run's figures and ledger."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from test_faults import LIMIT, TINY, _kill_process_with_args
+
+from splitfedzip.config import dump_config, load_config
+from splitfedzip.errors import UserError
+from splitfedzip.experiments import checkpoint
+from splitfedzip.experiments.deploy import launch
+from splitfedzip.metrics.ledger import Ledger
+
+OVERRIDES = [*TINY, "data.partition={kind: iid, clients: 2}", "train.rounds=2"]
+#: Wall-clock figures, and which processes were restarted: all a restart may change.
+UNSTABLE = {"wall_seconds", "train_seconds", "train_batches_per_second", "restarted_processes"}
+
+
+def _figures(out: Path) -> dict:
+    summary = json.loads((out / "summary.json").read_text())
+    return {k: v for k, v in summary.items() if k not in UNSTABLE}
+
+
+def _ledger(out: Path) -> list[tuple]:
+    # The servers record arrivals as they come; only the order of concurrent clients may differ.
+    return sorted(tuple(vars(r).values()) for r in Ledger.read_csv(out / "ledger.csv").rows)
+
+
+def _same_as(out: Path, reference: Path) -> None:
+    assert _figures(out) == _figures(reference)
+    assert _ledger(out) == _ledger(reference)
+    for table in ("metrics.csv", "history.csv"):
+        assert (out / table).read_text() == (reference / table).read_text(), table
+
+
+def _wait(ready, what: str) -> None:
+    deadline = time.monotonic() + LIMIT
+    while not ready():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def _in_round_1(out: Path) -> bool:
+    """Round 1 is checkpointed by the federation server and client 0 trains it."""
+    log = out / "logs" / "client-0.log"
+    saved = out / "checkpoints" / "round-0001" / "federation.pt"
+    return (
+        saved.exists() and log.exists() and "round 1 epoch 1" in log.read_text("utf-8", "replace")
+    )
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("reference")
+    launch(load_config(None, OVERRIDES), out, insecure=True, timeout=LIMIT)
+    return out
+
+
+def test_a_killed_federation_server_restarts_from_its_checkpoint(reference, tmp_path) -> None:
+    out = tmp_path / "run"
+    killed: list[int] = []
+
+    def kill_federation() -> None:
+        _wait(lambda: _in_round_1(out), "round 1")
+        killed.append(
+            _kill_process_with_args(
+                "serve", "federation", str(out / "parts" / "ledger-federation.csv")
+            )
+        )
+
+    killer = threading.Thread(target=kill_federation)
+    killer.start()
+    try:
+        result = launch(load_config(None, OVERRIDES), out, insecure=True, timeout=LIMIT)
+    finally:
+        killer.join()
+    assert killed
+    assert result.summary["restarted_processes"] == [
+        {"process": "federation", "status": -signal.SIGKILL}
+    ]
+    log = (out / "logs" / "federation.log").read_text()
+    assert "resumed from round 1's checkpoint" in log
+    _same_as(out, reference)
+    assert checkpoint.complete_rounds(out / "checkpoints") == [1, 2]
+
+
+def test_a_killed_launch_resumes_from_its_last_complete_round(reference, tmp_path) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    config = out / "run.yaml"
+    config.write_text(dump_config(load_config(None, OVERRIDES)))
+    command = [
+        sys.executable, "-m", "splitfedzip.cli.main", "launch", "--config", str(config),
+        "--out", str(out), "--insecure",
+    ]  # fmt: skip
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    # Its own session: the launch and every process it started are killed together.
+    whole = subprocess.Popen(command, env=env, start_new_session=True, stdout=subprocess.DEVNULL)
+    try:
+        _wait(lambda: _in_round_1(out), "round 1")
+        _wait(lambda: checkpoint.complete_rounds(out / "checkpoints") == [1], "round 1's parts")
+    finally:
+        os.killpg(whole.pid, signal.SIGKILL)
+        whole.wait()
+    assert not (out / "summary.json").exists()
+    other = load_config(None, [*OVERRIDES, "lambda=20"])
+    with pytest.raises(UserError, match=r"lambda=10.0, this run has lambda=20.0"):
+        launch(other, out, insecure=True, timeout=LIMIT, resume=True)
+    launch(load_config(None, OVERRIDES), out, insecure=True, timeout=LIMIT, resume=True)
+    _same_as(out, reference)
