@@ -394,7 +394,7 @@ def _folders(cfg: Config, client: int) -> list[str]:
 
 #: How long a launched client waits for a server that died to be restarted, and how many times
 #: ``launch`` restarts each server.
-RECONNECT_SECONDS = 120.0
+RECONNECT_SECONDS = 300.0
 SERVER_RESTARTS = 3
 
 
