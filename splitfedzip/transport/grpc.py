@@ -562,6 +562,7 @@ class GrpcChannel(Channel):
             given = int(head[ANSWERED])
             first = self.answered - len(self._log)
             if given < first:
+                call.cancel()
                 raise self._error(
                     f"the server came back having answered {given} requests of this client, "
                     f"which has had {self.answered} and can send again those from {first} "
