@@ -1,6 +1,6 @@
-"""Resume under `launch`: a federation server killed (SIGKILL) mid-run is restarted from its
-checkpoint and the clients go on; a whole launch killed is continued with --resume. Both end
-with the uninterrupted run's figures and ledger."""
+"""Resume under `launch`: a federation server or main server killed (SIGKILL) mid-round is
+restarted from its checkpoint and the clients go on; a whole launch killed is continued with
+--resume. Each ends with the uninterrupted run's figures and ledger."""
 
 from __future__ import annotations
 
@@ -54,13 +54,11 @@ def _wait(ready, what: str) -> None:
         time.sleep(0.05)
 
 
-def _in_round_1(out: Path) -> bool:
-    """Round 1 is checkpointed by the federation server and client 0 trains it."""
+def _in_round_1(out: Path, part: str = "federation") -> bool:
+    """Round 1 is checkpointed by ``part`` and client 0 trains it."""
     log = out / "logs" / "client-0.log"
-    saved = out / "checkpoints" / "round-0001" / "federation.pt"
-    return (
-        saved.exists() and log.exists() and "round 1 epoch 1" in log.read_text("utf-8", "replace")
-    )
+    saved = out / "checkpoints" / "round-0001" / f"{part}.pt"
+    return saved.exists() and log.exists() and "round 1 epoch 1" in log.read_text(errors="replace")
 
 
 @pytest.fixture(scope="module")
@@ -70,29 +68,25 @@ def reference(tmp_path_factory) -> Path:
     return out
 
 
-def test_a_killed_federation_server_restarts_from_its_checkpoint(reference, tmp_path) -> None:
+@pytest.mark.parametrize("server", ["federation", "main"])
+def test_a_killed_server_restarts_from_its_checkpoint(server, reference, tmp_path) -> None:
     out = tmp_path / "run"
     killed: list[int] = []
 
-    def kill_federation() -> None:
-        _wait(lambda: _in_round_1(out), "round 1")
-        killed.append(
-            _kill_process_with_args(
-                "serve", "federation", str(out / "parts" / "ledger-federation.csv")
-            )
-        )
+    def kill_server() -> None:
+        _wait(lambda: _in_round_1(out, server), "round 1")
+        ledger = out / "parts" / f"ledger-{server}.csv"
+        killed.append(_kill_process_with_args("serve", server, str(ledger)))
 
-    killer = threading.Thread(target=kill_federation)
+    killer = threading.Thread(target=kill_server)
     killer.start()
     try:
         result = launch(load_config(None, OVERRIDES), out, insecure=True, timeout=LIMIT)
     finally:
         killer.join()
     assert killed
-    assert result.summary["restarted_processes"] == [
-        {"process": "federation", "status": -signal.SIGKILL}
-    ]
-    log = (out / "logs" / "federation.log").read_text()
+    assert result.summary["restarted_processes"] == [{"process": server, "status": -signal.SIGKILL}]
+    log = (out / "logs" / f"{server}.log").read_text()
     assert "resumed from round 1's checkpoint" in log
     _same_as(out, reference)
     assert checkpoint.complete_rounds(out / "checkpoints") == [1, 2]
