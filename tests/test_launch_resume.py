@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from test_faults import TINY, _kill_process_with_args
 
 from splitfedzip.config import dump_config, load_config
@@ -45,6 +46,10 @@ def _same_as(out: Path, reference: Path) -> None:
     assert _ledger(out) == _ledger(reference)
     for table in ("metrics.csv", "history.csv"):
         assert (out / table).read_text() == (reference / table).read_text(), table
+    for model in ("client_global.pt", "server_global.pt"):  # the tested model, as train writes
+        ours, theirs = (torch.load(d / "checkpoints" / model) for d in (out, reference))
+        assert ours.keys() == theirs.keys(), model
+        assert all(torch.equal(ours[k], theirs[k]) for k in ours), model
 
 
 def _wait(ready, what: str) -> None:
@@ -116,3 +121,23 @@ def test_a_killed_launch_resumes_from_its_last_complete_round(reference, tmp_pat
         launch(other, out, insecure=True, timeout=LIMIT, resume=True)
     launch(load_config(None, OVERRIDES), out, insecure=True, timeout=LIMIT, resume=True)
     _same_as(out, reference)
+
+
+def test_a_round_is_complete_once_every_process_wrote_its_part(tmp_path) -> None:
+    cfg = load_config(None, OVERRIDES)
+    directory, names = tmp_path / "checkpoints", ["federation", "main", "client-0", "client-1"]
+    for r in (1, 2, 3, 4):
+        for i, name in enumerate(names):
+            assert checkpoint.complete_rounds(directory)[-1:] == ([r - 1] if r > 1 else [])
+            checkpoint.write_part(directory, r, cfg, name, {"round": r, "who": name}, names)
+            complete = (directory / f"round-{r:04d}" / "meta.json").is_file()
+            assert complete == (i == len(names) - 1), (r, name)
+    # Each process keeps its last three rounds; older folders are gone.
+    assert checkpoint.complete_rounds(directory) == [2, 3, 4]
+    assert checkpoint.load_own_part(directory, cfg, "main") == (4, {"round": 4, "who": "main"})
+    assert checkpoint.load_own_part(directory, cfg, "main", 2)[1]["round"] == 2
+    assert checkpoint.latest(directory, cfg, "launch")[0] == 4
+    with pytest.raises(UserError, match="key 'runtime'"):
+        checkpoint.latest(directory, cfg)  # train does not resume a launch's parts
+    with pytest.raises(UserError, match=r"lambda=10.0, this run has lambda=20.0"):
+        checkpoint.load_own_part(directory, load_config(None, [*OVERRIDES, "lambda=20"]), "main")

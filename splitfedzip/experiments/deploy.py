@@ -86,9 +86,12 @@ async def _serve(
         handler, peer=peer, security=security, ledger=ledger, max_message=max_message,
         until_clients=until_clients, keep_replies=checkpointing is not None,
     )  # fmt: skip
+    saver = None
     if checkpointing is not None:
-        store = ProcessCheckpoints(cfg, checkpointing, peer)
-        r = ServerCheckpoints(store, handler, service, ledger).restore()
+        saver = ServerCheckpoints(
+            ProcessCheckpoints(cfg, checkpointing, peer), handler, service, ledger
+        )
+        r = saver.restore()
         if r is not None:
             log.info("%s: resumed from round %d's checkpoint", peer, r)
     server, service, port = await serve_handler(
@@ -110,6 +113,8 @@ async def _serve(
         w.cancel()
     log.info("%s: %s; stopping", peer, "all clients left" if service.done.is_set() else "signal")
     await server.stop(5.0)
+    if saver is not None:
+        saver.finish()
 
 
 def _serve_party(

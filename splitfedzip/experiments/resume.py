@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
+
 from ..config import Config
 from ..metrics.ledger import Ledger
 from ..parties import state
@@ -181,11 +183,9 @@ class ProcessCheckpoints:
         return found
 
 
-def _round_start(frames: list[Frame]) -> int | None:
+def _control_type(frames: list[Frame]) -> str | None:
     head = frames[0]
-    if head.header.kind == Kind.CONTROL and control_of(head).get("type") == "round_start":
-        return head.header.round
-    return None
+    return control_of(head).get("type") if head.header.kind == Kind.CONTROL else None
 
 
 class ServerCheckpoints:
@@ -201,22 +201,40 @@ class ServerCheckpoints:
     ) -> None:
         self.store, self.party, self.service, self.ledger = store, party, service, ledger
         service.before_request = self.before_request
+        #: The round of the global model the tester asked for (the run's tested model).
+        self.tested: int | None = None
 
     def boundary(self, frames: list[Frame]) -> int | None:
         """The round boundary this request is past: the federation server's in its round
         since global model ``r`` exists; the main server's at round ``r``'s first start."""
         if isinstance(self.party, FederationServer):
             return self.party.in_progress
-        return _round_start(frames)
+        return frames[0].header.round if _control_type(frames) == "round_start" else None
 
     def before_request(self, client: int, frames: list[Frame]) -> None:
         """Save the boundary first when this request is the first past it."""
+        if _control_type(frames) in ("best_global", "test_start"):
+            self.tested = frames[0].header.round
         r = self.boundary(frames)
         if r is not None and self.store.due(r):
             self.store.save(r, {
                 "party": state.server_state(self.party), "transport": self.service.state(),
                 "ledger": list(self.ledger.rows),
             })  # fmt: skip
+
+    def finish(self) -> None:
+        """Once the tester has had the tested model: write its part as ``train`` does, beside
+        the round checkpoints (``client_global.pt`` here, ``server_global.pt`` on the main
+        server)."""
+        if self.tested is None:
+            return
+        if isinstance(self.party, FederationServer):
+            best = self.party.best_round
+            name, weights = "client_global", self.party.globals[best]
+        else:
+            name, weights = "server_global", self.party.globals[self.tested]
+        self.store.where.directory.mkdir(parents=True, exist_ok=True)
+        torch.save(weights, self.store.where.directory / f"{name}.pt")
 
     def restore(self) -> int | None:
         """Load the part to resume from into the party, service and ledger; its round."""
