@@ -35,6 +35,30 @@ def _common(p: argparse.ArgumentParser) -> None:
         help="plaintext, no TLS: local experiments only",
     )  # fmt: skip
     p.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    p.add_argument(
+        "--checkpoints", type=Path, metavar="DIR",
+        help="save this process's part of each round checkpoint in DIR (round-NNNN/NAME.pt)",
+    )  # fmt: skip
+    p.add_argument(
+        "--resume", nargs="?", const="latest", metavar="ROUND",
+        help="continue from this process's part of round ROUND in --checkpoints (default: its "
+        "latest); without one it starts from the beginning",
+    )  # fmt: skip
+
+
+def _checkpointing(args: argparse.Namespace):
+    """--checkpoints and --resume as the deployment's typed option."""
+    from ..experiments.resume import Checkpointing
+
+    if args.checkpoints is None:
+        if args.resume is not None:
+            raise UserError("--resume needs --checkpoints DIR")
+        return None
+    if args.resume in (None, "latest"):
+        return Checkpointing(args.checkpoints, args.resume is not None)
+    if not args.resume.isdigit():
+        raise UserError(f"--resume {args.resume!r}: expected a round number")
+    return Checkpointing(args.checkpoints, True, int(args.resume))
 
 
 def _server(p: argparse.ArgumentParser) -> None:
@@ -100,6 +124,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--test-root", type=Path, metavar="DIR",
         help="client 0 (the tester): the test folder (default: data.test_root)",
     )  # fmt: skip
+    client.add_argument(
+        "--reconnect", type=float, default=0.0, metavar="SECONDS",
+        help="wait up to SECONDS for a server that went away to come back (restarted from its "
+        "checkpoint), and go on (default 0: stop at once)",
+    )  # fmt: skip
     client.add_argument("--progress", action="store_true", help="show a progress bar")
     client.set_defaults(func=run_client)
 
@@ -125,6 +154,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     launch.add_argument(
         "--test-root", type=Path, metavar="DIR",
         help="the tester's test folder, with --data-root (sets data.test_root)",
+    )  # fmt: skip
+    launch.add_argument(
+        "--resume", action="store_true",
+        help="continue the launch in OUT from its last complete round (OUT/checkpoints/)",
     )  # fmt: skip
     launch.set_defaults(func=run_launch)
 
@@ -180,6 +213,7 @@ def run_serve(args: argparse.Namespace) -> int:
     opts = dict(
         security=security, max_message=args.max_message_mb << 20, ledger_path=args.ledger,
         port_file=args.port_file, until_clients=args.until_clients,
+        checkpointing=_checkpointing(args),
     )  # fmt: skip
     try:
         if args.role == "federation":
@@ -207,6 +241,7 @@ def run_client(args: argparse.Namespace) -> int:
             result_path=args.result, connect_timeout=args.connect_timeout,
             request_timeout=args.request_timeout, progress=args.progress,
             data_root=args.data_root, test_root=args.test_root,
+            checkpointing=_checkpointing(args), reconnect=args.reconnect,
         )  # fmt: skip
     except RunFailure as e:  # a server went away or refused, the codecs disagree, divergence
         print(f"splitfedzip client {args.client_id}: error: {e}", file=sys.stderr)
@@ -229,7 +264,7 @@ def run_launch(args: argparse.Namespace) -> int:
     try:
         result = launch(
             cfg, args.out, insecure=args.insecure, timeout=args.timeout,
-            max_message_mb=args.max_message_mb,
+            max_message_mb=args.max_message_mb, resume=args.resume,
         )  # fmt: skip
     except RunFailure as e:
         print(f"splitfedzip launch: error: {e}", file=sys.stderr)

@@ -33,9 +33,12 @@ from ..transport.grpc import (
     DEFAULT_MAX_MESSAGE,
     ClientSecurity,
     GrpcChannel,
+    PartyService,
     ServerSecurity,
     serve_handler,
 )
+from . import checkpoint
+from .resume import Checkpointing, ClientCheckpoints, ProcessCheckpoints, ServerCheckpoints
 from .train import RunResult, build_summary, resolve_device, write_outputs
 
 log = logging.getLogger(__name__)
@@ -70,17 +73,30 @@ def _num_classes(cfg: Config) -> int:
 async def _serve(
     handler: Handler,
     peer: str,
+    cfg: Config,
     listen: str,
     security: ServerSecurity,
     max_message: int,
     ledger: Ledger,
     port_file: Path | None,
     until_clients: int | None,
+    checkpointing: Checkpointing | None,
 ) -> None:
-    server, service, port = await serve_handler(
-        handler, listen, peer=peer, security=security, ledger=ledger,
-        max_message=max_message, until_clients=until_clients,
+    service = PartyService(
+        handler, peer=peer, security=security, ledger=ledger, max_message=max_message,
+        until_clients=until_clients, keep_replies=checkpointing is not None,
     )  # fmt: skip
+    saver = None
+    if checkpointing is not None:
+        saver = ServerCheckpoints(
+            ProcessCheckpoints(cfg, checkpointing, peer), handler, service, ledger
+        )
+        r = saver.restore()
+        if r is not None:
+            log.info("%s: resumed from round %d's checkpoint", peer, r)
+    server, service, port = await serve_handler(
+        handler, listen, peer=peer, security=security, service=service
+    )
     host, _ = split_target(listen)
     log.info("%s: serving on %s:%d", peer, host, port)
     if port_file is not None:
@@ -97,6 +113,8 @@ async def _serve(
         w.cancel()
     log.info("%s: %s; stopping", peer, "all clients left" if service.done.is_set() else "signal")
     await server.stop(5.0)
+    if saver is not None:
+        saver.finish()
 
 
 def _serve_party(
@@ -109,6 +127,7 @@ def _serve_party(
     ledger_path: Path | None,
     port_file: Path | None,
     until_clients: int | None,
+    checkpointing: Checkpointing | None,
 ) -> Ledger:
     ledger = Ledger()
     if until_clients is None:
@@ -116,8 +135,8 @@ def _serve_party(
     try:
         asyncio.run(
             _serve(
-                handler, peer, listen, security, max_message, ledger, port_file,
-                until_clients or None,
+                handler, peer, cfg, listen, security, max_message, ledger, port_file,
+                until_clients or None, checkpointing,
             )
         )  # fmt: skip
     finally:
@@ -135,14 +154,16 @@ def serve_federation(
     ledger_path: Path | None = None,
     port_file: Path | None = None,
     until_clients: int | None = None,
+    checkpointing: Checkpointing | None = None,
 ) -> Ledger:
-    """Run the federation server until every client has left (or a signal); returns its ledger."""
+    """Run the federation server until every client has left (or a signal); returns its ledger.
+    With ``checkpointing`` it saves its part of each round checkpoint (and may resume)."""
     n = cfg.data.num_clients()
     torch.manual_seed(cfg.train.seed)
     party = FederationServer(cfg, _num_classes(cfg), n)
     return _serve_party(
         party, "federation", cfg, listen, security, max_message, ledger_path, port_file,
-        until_clients,
+        until_clients, checkpointing,
     )  # fmt: skip
 
 
@@ -157,6 +178,7 @@ def serve_main(
     port_file: Path | None = None,
     until_clients: int | None = None,
     connect_timeout: float = 60.0,
+    checkpointing: Checkpointing | None = None,
 ) -> Ledger:
     """Run the main server; checks first that the federation server is reachable."""
     # The main server's protocol needs nothing from the federation server yet (clients carry
@@ -166,8 +188,9 @@ def serve_main(
     torch.manual_seed(cfg.train.seed)
     party = MainServer(cfg, _num_classes(cfg), device)
     return _serve_party(
-        party, "main", cfg, listen, security, max_message, ledger_path, port_file, until_clients
-    )
+        party, "main", cfg, listen, security, max_message, ledger_path, port_file, until_clients,
+        checkpointing,
+    )  # fmt: skip
 
 
 def _array_to_json(a: np.ndarray) -> dict[str, Any]:
@@ -238,11 +261,15 @@ def run_client(
     progress: bool = False,
     data_root: str | Path | None = None,
     test_root: str | Path | None = None,
+    checkpointing: Checkpointing | None = None,
+    reconnect: float = 0.0,
 ) -> ClientResult:
     """Run one client against the two servers; writes its ledger and result when paths are given.
 
     ``data_root``: this client's own folder (it reads no other); ``test_root``: client 0's test
     folder. Without them the client takes its share of the data set the config describes.
+    ``checkpointing``: save its part of each round checkpoint (and resume from one);
+    ``reconnect``: seconds to wait for a server that went away to come back.
     """
     device = resolve_device(cfg.train.device)
     torch.manual_seed(cfg.train.seed)
@@ -253,7 +280,7 @@ def run_client(
         common = dict(
             security=security, ledger=ledger, max_message=max_message,
             connect_timeout=connect_timeout, request_timeout=request_timeout,
-            claim_timeout=connect_timeout,
+            claim_timeout=connect_timeout, reconnect=reconnect,
         )  # fmt: skip
         main = await GrpcChannel.connect(main_target, client_id, peer="main", **common)
         try:
@@ -265,7 +292,14 @@ def run_client(
                     client_id, cfg, _num_classes(cfg), train, val, main, federation, device,
                     test=test, progress=progress,
                 )  # fmt: skip
-                return await client.run()
+                resumed = None
+                if checkpointing is not None:
+                    store = ProcessCheckpoints(cfg, checkpointing, f"client-{client_id}")
+                    channels = {"main": main, "federation": federation}
+                    resumed = ClientCheckpoints(store, client, channels, ledger).restore()
+                    if resumed is not None:
+                        log.info("client %d: resumed from round %d", client_id, resumed[0])
+                return await client.run(resumed)
             finally:
                 await federation.close()
         finally:
@@ -310,13 +344,17 @@ class _Processes:
         self.procs: dict[str, tuple[subprocess.Popen, Path]] = {}
 
     def start(
-        self, name: str, command: list[str], env: dict[str, str] | None = None
+        self, name: str, command: list[str], env: dict[str, str] | None = None, again: bool = False
     ) -> subprocess.Popen:
         path = self.logs / f"{name}.log"
-        with open(path, "w") as f:
+        with open(path, "a" if again else "w") as f:  # a restart adds to the log it died with
             proc = subprocess.Popen(command, stdout=f, stderr=subprocess.STDOUT, env=env)
         self.procs[name] = (proc, path)
         return proc
+
+    def poll(self, name: str) -> int | None:
+        """``name``'s exit status, None while it runs."""
+        return self.procs[name][0].poll()
 
     def failure(self, name: str, why: str) -> RunFailure:
         path = self.procs[name][1]
@@ -359,6 +397,40 @@ def _folders(cfg: Config, client: int) -> list[str]:
     return folders
 
 
+#: How long a launched client waits for a server that died to be restarted, and how many times
+#: ``launch`` restarts each server.
+RECONNECT_SECONDS = 300.0
+SERVER_RESTARTS = 3
+
+
+def _supervise(
+    procs: _Processes,
+    servers: dict[str, list[str]],
+    env: dict[str, str],
+    deadline: float,
+    restarted: list[dict[str, object]],
+) -> None:
+    """Wait for client 0 (the tester); a server killed meanwhile (by a signal: SIGKILL, the
+    out-of-memory killer) is started again from its latest checkpoint part, and the clients,
+    which wait for it, go on. A server that fails with an error status ends the run."""
+    while (status := procs.poll("client-0")) is None:
+        for name, command in servers.items():
+            died = procs.poll(name)
+            if died is None or died == 0:  # running, or stopped once every client left
+                continue
+            tries = sum(r["process"] == name for r in restarted)
+            if died > 0 or tries >= SERVER_RESTARTS:
+                raise procs.failure(name, f"failed with status {died}")
+            log.warning("%s died (status %d); restarting it from its checkpoint", name, died)
+            restarted.append({"process": name, "status": died})
+            procs.start(name, [*command, "--resume"], env, again=True)
+        if time.monotonic() >= deadline:
+            raise procs.failure("client-0", "did not finish in time")
+        time.sleep(0.2)
+    if status != 0:
+        raise procs.failure("client-0", f"failed with status {status}")
+
+
 def launch(
     cfg: Config,
     out_dir: str | Path,
@@ -366,10 +438,19 @@ def launch(
     insecure: bool = False,
     timeout: float = 3600.0,
     max_message_mb: int = DEFAULT_MAX_MESSAGE >> 20,
+    resume: bool = False,
 ) -> RunResult:
-    """Run the federation server, the main server and each client as processes on 127.0.0.1."""
+    """Run the federation server, the main server and each client as processes on 127.0.0.1;
+    each saves its part of the round checkpoints, and ``resume`` continues from the last
+    complete round in ``OUT/checkpoints``."""
     start = time.perf_counter()
     out = Path(out_dir)
+    saves = out / "checkpoints"
+    found = checkpoint.latest(saves, cfg, "launch") if resume else None
+    if found is None:
+        checkpoint.clear(saves)
+    else:
+        log.info("launch: resuming from round %d (%s)", found[0], found[1])
     logs, parts = out / "logs", out / "parts"
     logs.mkdir(parents=True, exist_ok=True)
     parts.mkdir(parents=True, exist_ok=True)
@@ -378,7 +459,10 @@ def launch(
     config_path = out / "config.yaml"
     config_path.write_text(dump_config(cfg))
     n = cfg.data.num_clients()
-    common = ["--config", str(config_path), "--max-message-mb", str(max_message_mb)]
+    common = [
+        "--config", str(config_path), "--max-message-mb", str(max_message_mb),
+        "--checkpoints", str(saves), *([] if found is None else ["--resume", str(found[0])]),
+    ]  # fmt: skip
     server_sec, client_sec = ["--insecure"], [["--insecure"] for _ in range(n)]
     if not insecure:
         from ..transport.tls import generate_certificates
@@ -402,26 +486,23 @@ def launch(
     base_env = dict(os.environ) | {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", threads)}
     procs = _Processes(logs)
     failed: list[dict[str, object]] = []
+    restarted: list[dict[str, object]] = []
     try:
         # Every process starts at once (their imports take seconds); the main server and the
         # clients wait, bounded, for the servers to come up.
         fed, main = f"127.0.0.1:{_free_port()}", f"127.0.0.1:{_free_port()}"
-        procs.start(
-            "federation",
-            _module_command(
+        servers = {
+            "federation": _module_command(
                 "serve", "federation", *common, *server_sec, "--listen", fed,
                 "--ledger", str(parts / "ledger-federation.csv"),
             ),
-            base_env,
-        )  # fmt: skip
-        procs.start(
-            "main",
-            _module_command(
+            "main": _module_command(
                 "serve", "main", *common, *server_sec, "--listen", main, "--federation", fed,
                 "--ledger", str(parts / "ledger-main.csv"),
             ),
-            base_env,
-        )  # fmt: skip
+        }  # fmt: skip
+        for name, command in servers.items():
+            procs.start(name, command, base_env)
         for i in range(n):
             env = dict(base_env)
             if not insecure:
@@ -431,10 +512,10 @@ def launch(
                 "--main", main, "--federation", fed,
                 "--ledger", str(parts / f"ledger-client-{i}.csv"),
                 "--result", str(parts / f"client-{i}.json"), "--connect-timeout", "120",
-                *_folders(cfg, i),
+                "--reconnect", str(RECONNECT_SECONDS), *_folders(cfg, i),
             )  # fmt: skip
             procs.start(f"client-{i}", command, env)
-        procs.wait("client-0", deadline)  # the tester: without it there is no result
+        _supervise(procs, servers, base_env, deadline, restarted)
         for i in range(1, n):
             # Another client failing does not stop the run (its rounds complete without it);
             # the summary names it.
@@ -473,6 +554,7 @@ def launch(
     summary["device"] = str(resolve_device(cfg.train.device))
     summary["transport"] = "grpc-tls" if not insecure else "grpc-insecure"
     summary["failed_processes"] = failed
+    summary["restarted_processes"] = restarted
     result = RunResult(summary, ledger, results)
     write_outputs(cfg, result, out)
     return result

@@ -21,7 +21,7 @@ CLIENT_STATE = ("model", "s1f", "s2g", "rx_s2f", "rx_s1g", "rng", "opt", "refere
 MAIN_STATE = ("peers", "globals", "participants", "_shared", "_sums", "_template")
 FEDERATION_STATE = (
     "globals", "rounds", "participants", "val_loss", "val_clients", "updates", "_digests",
-    "_sums", "freezing",
+    "_sums", "freezing", "_rates",
 )  # fmt: skip
 
 
@@ -79,3 +79,18 @@ def process_random_state() -> dict[str, Any]:
 def restore_process_random_state(state: dict[str, Any]) -> None:
     """Put back what :func:`process_random_state` saved."""
     torch.set_rng_state(state["torch"])
+
+
+def server_state(party: FederationServer | MainServer) -> dict[str, Any]:
+    """Either server's state (:func:`federation_state` or :func:`main_state`)."""
+    if isinstance(party, FederationServer):
+        return federation_state(party)
+    return main_state(party)
+
+
+def restore_server(party: FederationServer | MainServer, state: dict[str, Any]) -> None:
+    """Put back what :func:`server_state` saved."""
+    if isinstance(party, FederationServer):
+        restore_federation(party, state)
+    else:
+        restore_main(party, state)

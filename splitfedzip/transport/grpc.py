@@ -7,16 +7,25 @@ party is told. The server checks the client's identity when the stream opens (a 
 token, and/or the CN ``client-N`` of a mutual-TLS certificate), validates every request's frames
 (intact, within the size limit, naming that client) before the party sees them, and answers a
 bad request with an error status that ends that client's stream only.
+
+Both ends count the requests answered on a client's stream. A client that reconnects (its server
+went away and came back, possibly restored from a checkpoint) says how many answers it has had;
+the server says how many it has given, and the client sends again those it has had but the
+server no longer remembers, in order, from a log of its recent requests. A server one answer
+ahead (it answered, the answer was lost) gives that answer again for the repeated request. So a
+server restored from a round checkpoint ends where it would have been, and its ledger too.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +35,7 @@ import grpc.aio
 
 from ..errors import UserError
 from ..metrics.ledger import Ledger
-from ..wire import FrameError, read_frames
+from ..wire import Frame, FrameError, read_frames
 from .base import Channel, Handler, TransportError
 
 SERVICE = "splitfedzip.Party"
@@ -35,6 +44,8 @@ DEFAULT_MAX_MESSAGE = 256 << 20  # 256 MiB: an fg weights message of the paper's
 GRPC_PREFIX = 5  # gRPC message prefix: 1 compressed flag + 4 length bytes
 HTTP2_FRAME_HEADER = 9
 HTTP2_MAX_FRAME = 16384  # the HTTP/2 default SETTINGS_MAX_FRAME_SIZE, which grpcio keeps
+#: Metadata with the answers a reconnecting client has had (request) and the server has given.
+ANSWERED = "x-answered"
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +67,11 @@ def channel_options(max_message: int) -> list[tuple[str, Any]]:
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.max_pings_without_data", 0),
         ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        # A client waiting for a restarted server tries again within a second or two (gRPC's
+        # default backoff grows to two minutes).
+        ("grpc.initial_reconnect_backoff_ms", 500),
+        ("grpc.min_reconnect_backoff_ms", 500),
+        ("grpc.max_reconnect_backoff_ms", 2_000),
     ]
 
 
@@ -144,6 +160,7 @@ class PartyService:
         ledger: Ledger | None = None,
         max_message: int = DEFAULT_MAX_MESSAGE,
         until_clients: int | None = None,
+        keep_replies: bool = False,
     ) -> None:
         self.handler, self.peer, self.security = handler, peer, security
         self.ledger, self.max_message = ledger, max_message
@@ -153,6 +170,59 @@ class PartyService:
         self.dropped: set[int] = set()
         self.done = asyncio.Event()
         self._notices: set[asyncio.Task] = set()
+        #: client -> requests answered on its streams (since its process started)
+        self.answered: dict[int, int] = {}
+        #: client -> (digest of its last request, the answer): kept with ``keep_replies`` (a
+        #: server that checkpoints), to answer again a request whose answer was lost.
+        self.keep_replies = keep_replies
+        self.last: dict[int, tuple[bytes, bytes]] = {}
+        #: Called with each valid request's frames before the party or the ledger sees it, when
+        #: every earlier request is answered or still waiting (round checkpoints).
+        self.before_request: Callable[[int, list[Frame]], None] | None = None
+
+    def state(self) -> dict[str, Any]:
+        """The answer counts, last answers and clients that left (a server's checkpoint)."""
+        return {
+            "answered": dict(self.answered), "last": dict(self.last),
+            "finished": set(self.finished),
+        }  # fmt: skip
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Put back what :meth:`state` saved."""
+        self.answered, self.last = dict(state["answered"]), dict(state["last"])
+        self.finished = set(state["finished"])
+
+    async def _claimed(self, context: grpc.aio.ServicerContext) -> int | None:
+        """The answers a reconnecting client says it has had; None for a client process that
+        has just started."""
+        raw = dict(context.invocation_metadata() or ()).get(ANSWERED)
+        if raw is None:
+            return None
+        if not raw.isdigit():
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{ANSWERED}: {raw!r}")
+        return int(raw)
+
+    async def _resume(
+        self, client: int, claimed: int | None, context: grpc.aio.ServicerContext
+    ) -> tuple[bytes, bytes] | None:
+        """Line this stream up with the client's count; the answer owed to its first request
+        when the server is one ahead."""
+        if claimed is None:  # a new client process: its requests count from zero again
+            self.answered[client] = 0
+            self.last.pop(client, None)
+            return None
+        given = self.answered.get(client, 0)
+        await context.send_initial_metadata(((ANSWERED, str(given)),))
+        if given <= claimed:
+            return None  # the client sends again what this server no longer remembers
+        if given == claimed + 1 and client in self.last:
+            return self.last[client]
+        await context.abort(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            f"{self.peer}: client {client} has had {claimed} answers, this server gave "
+            f"{given}: it was restored from a later checkpoint than the client",
+        )
+        return None
 
     async def _identify(self, context: grpc.aio.ServicerContext) -> int:
         metadata = {k: v for k, v in context.invocation_metadata() or ()}
@@ -189,11 +259,17 @@ class PartyService:
     ) -> AsyncIterator[bytes]:
         """The stream: validate and answer each request message in order."""
         client = await self._identify(context)
+        claimed = await self._claimed(context)
         if client in self.active:
             await context.abort(
                 grpc.StatusCode.ALREADY_EXISTS, f"client {client} is already connected"
             )
         self.active.add(client)  # no await since the check: no other stream can slip in
+        try:
+            owed = await self._resume(client, claimed, context)
+        except BaseException:
+            self.active.discard(client)  # refused before it took part: not a dropped client
+            raise
         self.dropped.discard(client)
         log.info("%s: client %d connected from %s", self.peer, client, context.peer())
         clean = False
@@ -202,10 +278,29 @@ class PartyService:
                 if not message:  # the goodbye of GrpcChannel.close
                     clean = True
                     break
-                reply = await self._answer(message, client, context)
+                if owed is not None:
+                    reply, owed = await self._owed(message, client, owed, context), None
+                else:
+                    reply = await self._answer(message, client, context)
                 yield reply
         finally:
             self._ended(client, clean)
+
+    async def _owed(
+        self,
+        message: bytes,
+        client: int,
+        owed: tuple[bytes, bytes],
+        context: grpc.aio.ServicerContext,
+    ) -> bytes:
+        """The answer given to this request before it was lost: not handled, not recorded."""
+        if hashlib.sha256(message).digest() != owed[0]:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"{self.peer}: client {client} repeated another request than the one answered",
+            )
+        log.info("%s: client %d: its last answer, again", self.peer, client)
+        return owed[1]
 
     def _ended(self, client: int, clean: bool) -> None:
         self.active.discard(client)
@@ -227,12 +322,15 @@ class PartyService:
         self, message: bytes, client: int, context: grpc.aio.ServicerContext
     ) -> bytes:
         try:
-            for frame in read_frames(message, max_payload=self.max_message):
+            parsed = list(read_frames(message, max_payload=self.max_message))
+            for frame in parsed:
                 if frame.header.client != client:
                     raise ForeignFrame(
                         f"a frame names client {frame.header.client}, but this stream is "
                         f"client {client}'s"
                     )
+            if self.before_request is not None:
+                self.before_request(client, parsed)
             if self.ledger is not None:
                 # The request crossed, whatever the party makes of it; recorded here too, so
                 # that the servers' ledgers hold every frame of a client that dies mid-run.
@@ -254,6 +352,9 @@ class PartyService:
                 estimates=reply.estimates,
                 wire_bytes=wire_bytes(len(reply.message)),
             )
+        self.answered[client] = self.answered.get(client, 0) + 1
+        if self.keep_replies:
+            self.last[client] = (hashlib.sha256(message).digest(), reply.message)
         return reply.message
 
 
@@ -276,12 +377,15 @@ async def serve_handler(
     ledger: Ledger | None = None,
     max_message: int = DEFAULT_MAX_MESSAGE,
     until_clients: int | None = None,
+    service: PartyService | None = None,
 ) -> tuple[grpc.aio.Server, PartyService, int]:
-    """Start serving ``handler`` on ``listen`` (HOST:PORT, port 0 picks one); returns the port."""
-    service = PartyService(
-        handler, peer=peer, security=security, ledger=ledger,
-        max_message=max_message, until_clients=until_clients,
-    )  # fmt: skip
+    """Start serving ``handler`` on ``listen`` (HOST:PORT, port 0 picks one); returns the port.
+    ``service``: one set up already (restored from a checkpoint), else a new one."""
+    if service is None:
+        service = PartyService(
+            handler, peer=peer, security=security, ledger=ledger,
+            max_message=max_message, until_clients=until_clients,
+        )  # fmt: skip
     server = grpc.aio.server(options=channel_options(max_message))
     rpc = grpc.stream_stream_rpc_method_handler(
         service.exchange, request_deserializer=None, response_serializer=None
@@ -318,10 +422,20 @@ class GrpcChannel(Channel):
         max_message: int = DEFAULT_MAX_MESSAGE,
         request_timeout: float | None = 600.0,
         claim_timeout: float = 60.0,
+        reconnect: float = 0.0,
+        replay_limit: int = 64 << 20,
     ) -> None:
         self.target, self.client_id, self.peer = target, client_id, peer
         self._ledger, self._timeout = ledger, request_timeout
         self._claim_timeout = claim_timeout
+        #: Seconds to wait for a server that went away to come back (0: fail at once).
+        self.reconnect = reconnect
+        #: Answers had so far, and the latest requests (up to ``replay_limit`` bytes) to send
+        #: again to a server that comes back without them; kept only with ``reconnect``.
+        self.answered = 0
+        self._log: deque[bytes] = deque()
+        self._log_bytes, self._replay_limit = 0, replay_limit
+        self._restored = False
         options = channel_options(max_message)
         if security.insecure:
             self._channel = grpc.aio.insecure_channel(target, options=options)
@@ -365,8 +479,19 @@ class GrpcChannel(Channel):
             f"{self.peer} at {self.target}: {what}: {status}: {e.details()}", status
         )
 
+    def state(self) -> dict[str, Any]:
+        """The answer count and the replay log (a client's round checkpoint)."""
+        return {"answered": self.answered, "log": list(self._log)}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Put back what :meth:`state` saved: the next stream opens as a reconnection."""
+        self.answered, self._log = state["answered"], deque(state["log"])
+        self._log_bytes = sum(map(len, self._log))
+        self._restored = True
+
     async def request(self, message: bytes, estimates: dict[int, float] | None = None) -> bytes:
-        """Write ``message`` on the stream and wait for the answer."""
+        """Write ``message`` on the stream and wait for the answer; with ``reconnect``, wait
+        for a server that went away and send it again."""
         if not isinstance(message, bytes):
             raise TypeError(f"parties exchange bytes only, got {type(message).__name__}")
         if not message:
@@ -378,11 +503,18 @@ class GrpcChannel(Channel):
                     wire_bytes=wire_bytes(len(message)),
                 )  # fmt: skip
             deadline = time.monotonic() + self._claim_timeout
+            back_by: float | None = None
             while True:
                 fresh = self._call is None
                 try:
-                    return await self._exchange(message)
+                    reply = await self._exchange(message)
                 except TransportError as e:
+                    if self.reconnect > 0 and e.status == "UNAVAILABLE":
+                        if back_by is None:
+                            back_by = time.monotonic() + self.reconnect
+                            log.warning("%s; waiting up to %g s for it", e, self.reconnect)
+                        await self._wait_back(back_by, e)
+                        continue
                     # A restarted client can find its id still held by its old stream, which
                     # the server only drops once keepalive notices it is dead; the refused
                     # request never reached the party, so sending it again is safe.
@@ -392,10 +524,72 @@ class GrpcChannel(Channel):
                         raise
                     log.info("%s: client id %d still held; retrying", self.peer, self.client_id)
                     await asyncio.sleep(1.0)
+                    continue
+                self._answered(message)
+                return reply
+
+    def _answered(self, message: bytes) -> None:
+        self.answered += 1
+        if self.reconnect <= 0:
+            return
+        self._log.append(message)
+        self._log_bytes += len(message)
+        while self._log_bytes > self._replay_limit and len(self._log) > 1:
+            self._log_bytes -= len(self._log.popleft())
+
+    async def _wait_back(self, back_by: float, error: TransportError) -> None:
+        """Wait (until ``back_by``) for the server to accept connections again."""
+        left = back_by - time.monotonic()
+        try:
+            if left <= 0:
+                raise TimeoutError
+            await asyncio.wait_for(self._channel.channel_ready(), left)
+        except TimeoutError:
+            raise TransportError(
+                f"{error}; not back within {self.reconnect:g} s", error.status
+            ) from None
+        await asyncio.sleep(0.1)  # not in a tight loop if it accepts and fails again
+
+    async def _open(self) -> grpc.aio.StreamStreamCall:
+        """A new stream; a reconnecting client first sends again what the server lacks."""
+        if not (self.reconnect > 0 and (self.answered > 0 or self._restored)):
+            return self._stub(metadata=self._metadata)
+        call = self._stub(metadata=(*self._metadata, (ANSWERED, str(self.answered))))
+        try:
+            head = dict(await asyncio.wait_for(call.initial_metadata(), self._timeout))
+            if ANSWERED not in head:
+                raise await self._ended(call)
+            given = int(head[ANSWERED])
+            first = self.answered - len(self._log)
+            if given < first:
+                call.cancel()
+                raise self._error(
+                    f"the server came back having answered {given} requests of this client, "
+                    f"which has had {self.answered} and can send again those from {first} "
+                    "only (was it restarted without its checkpoint?)"
+                )
+            if given < self.answered:
+                log.info(
+                    "%s: sending again %d requests it no longer has", self.peer,
+                    self.answered - given,
+                )  # fmt: skip
+            for message in list(self._log)[given - first :]:
+                await asyncio.wait_for(call.write(message), self._timeout)
+                if await asyncio.wait_for(call.read(), self._timeout) is grpc.aio.EOF:
+                    raise await self._ended(call)
+        except grpc.aio.AioRpcError as e:
+            raise self._error("reconnecting failed", e) from None
+        except TimeoutError:
+            call.cancel()
+            raise self._error(f"no answer within {self._timeout:g} s") from None
+        except asyncio.InvalidStateError:
+            raise await self._ended(call) from None
+        self._restored = False
+        return call
 
     async def _exchange(self, message: bytes) -> bytes:
         if self._call is None:
-            self._call = self._stub(metadata=self._metadata)
+            self._call = await self._open()
         call = self._call
         try:
             await asyncio.wait_for(call.write(message), self._timeout)
