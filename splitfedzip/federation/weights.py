@@ -140,6 +140,35 @@ def encode_update(
     return payload, decode_update(payload, reference, codec)
 
 
+def encode_feedback(
+    state: Mapping[str, Tensor],
+    reference: Mapping[str, Tensor],
+    codec: str,
+    residual: Mapping[str, Tensor] | None,
+) -> tuple[bytes, dict[str, Tensor], dict[str, Tensor]]:
+    """:func:`encode_update` with error feedback: the update to ``state`` plus ``residual``
+    (what the sender's earlier updates lost; None: nothing yet), the model the receiver
+    reconstructs, and what this update lost in turn (the next one's residual)."""
+    # What crosses over all rounds plus the residual held is exactly the sum of the true
+    # updates: an update's quantisation error is sent later instead of being dropped.
+    target = dict(state)
+    for name, ref in reference.items():
+        if not ref.is_floating_point():
+            continue  # integer counters cross exactly: nothing to carry over
+        if residual is not None:
+            carried = residual.get(name)
+            if carried is None or carried.shape != ref.shape:
+                raise UpdateError(f"{name!r}: the error-feedback residual does not fit the model")
+            target[name] = state[name].float() + carried
+    payload, held = encode_update(target, reference, codec)
+    lost = {
+        name: target[name].float() - held[name].float()
+        for name, ref in reference.items()
+        if ref.is_floating_point()
+    }
+    return payload, held, lost
+
+
 def decode_update(payload: bytes, reference: Mapping[str, Tensor], codec: str) -> dict[str, Tensor]:
     """The model ``reference`` plus the decoded update; UpdateError names the bad tensor."""
     size = sum(_coded_size(v, codec) for v in reference.values())
