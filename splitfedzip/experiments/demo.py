@@ -15,7 +15,9 @@ DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
 #: exchange included: it is the reference the others' reductions are measured against.
 VARIANTS = {
     "nc": [
-        "scheme=nc", "federation.weights_codec=float32", "federation.weights_error_feedback=false",
+        "scheme=nc",
+        "federation.weights_codec=float32",
+        "federation.weights_error_feedback=false",
     ],
     "f-ae": ["scheme=f", "codec=ae"],
     "fg-ae": ["scheme=fg", "codec=ae"],
