@@ -181,6 +181,10 @@ class FederationConfig:
     #: ``int2`` levels per output channel) and xz-compressed. The sender adopts what the
     #: receiver reconstructs.
     weights_codec: Literal["float32", "float16", "int8", "int4", "int2"] = "float32"
+    #: Error feedback on the coded exchange: each client, and the federation server for the
+    #: global model, keeps what its last coded update lost to quantisation and adds it to the
+    #: next update before coding it, so that the error is sent late rather than dropped.
+    weights_error_feedback: bool = False
     #: Clients drawn (seeded) to train in each round: a number (>= 1) or a fraction (0 to 1);
     #: unset, every client trains. Every client still validates each global model.
     clients_per_round: int | float | None = None
@@ -352,6 +356,11 @@ def _validate(cfg: Config) -> Config:
         cfg.federation.variant == "v1" or cfg.federation.select == "last",
         "federation.select: 'best' needs variant v1; V2 trains one server model shared by "
         "every client, which cannot go back to each client's best epoch: select 'last'",
+    )
+    need(
+        not cfg.federation.weights_error_feedback or cfg.federation.weights_codec != "float32",
+        "federation.weights_error_feedback: the float32 exchange loses nothing to feed back; "
+        "choose a lossy federation.weights_codec or set it to false",
     )
     ct = cfg.codec_training
     need(

@@ -23,6 +23,8 @@ TINY = [
     "data.partition={kind: iid, clients: 2}", "train.rounds=2", "train.local_epochs=1",
     "train.batch_size=2", "train.device=cpu", "scheme=fg", "codec=ae",
     "codec_options.latent_channels=4", "lambda=10", "federation.weights_codec=int8",
+    # The residuals of error feedback carry over a round boundary too (in each party's state).
+    "federation.weights_error_feedback=true",
 ]  # fmt: skip
 #: Wall-clock figures, the only ones a resumed run may change.
 TIMING = {"wall_seconds", "train_seconds", "train_batches_per_second"}

@@ -9,12 +9,14 @@ import pytest
 import torch
 
 from splitfedzip.codecs import make_codec
-from splitfedzip.config import CodecConfig, load_config
+from splitfedzip.config import CodecConfig, ConfigError, load_config
 from splitfedzip.experiments import train
 from splitfedzip.experiments.train import metrics_rows, run_embedded
 from splitfedzip.federation.weights import (
     UpdateError,
+    _levels,
     decode_update,
+    encode_feedback,
     encode_update,
     state_digest,
     uncoded_size,
@@ -51,7 +53,7 @@ def _models(seed: int = 0):
 
 
 @pytest.mark.parametrize(
-    "codec, tolerance", [("float16", 1e-3), ("int8", 1 / 127), ("int4", 1 / 7), ("int2", 1 / 1)]
+    "codec, tolerance", [("float16", 1e-3), ("int8", 1 / 127), ("int4", 1 / 7), ("int2", 2 / 1)]
 )
 def test_update_round_trip_is_bit_identical_and_within_the_quantisation_step(codec, tolerance):
     ref, new = _models()
@@ -65,11 +67,83 @@ def test_update_round_trip_is_bit_identical_and_within_the_quantisation_step(cod
         if not v.is_floating_point():
             assert torch.equal(decoded[k], v), k  # integer counters cross exactly
             continue
-        # At most half a level of the row's scale (max |update| / levels) off.
+        # At most half a level of the row's scale (max |update| / levels) off; int2's scale
+        # is at most the largest update, so it is off by less than that.
         step = (v - ref[k]).abs().max()
         # Vectors (BatchNorm's running_var among them) cross as float16 under int4 and int2.
         bound = 1e-3 if codec in ("int4", "int2") and v.dim() < 2 else tolerance
         assert (decoded[k] - v).abs().max() <= bound * step / 2 + 1e-7, k
+
+
+def test_ternary_levels_minimise_each_rows_squared_error():
+    gen = torch.Generator().manual_seed(2)
+    delta = torch.randn(6, 3, 3, 3, generator=gen) * torch.logspace(-3, 0, 6)[:, None, None, None]
+    delta[2] = 0  # a row of zeros keeps nothing
+    q, scale = _levels(delta, "int2")
+    assert set(q.unique().tolist()) <= {-1, 0, 1} and not q[2].any()
+    rows, levels = delta.reshape(6, -1), q.reshape(6, -1).float()
+    error = (rows - scale[:, None] * levels).square().sum(dim=1)
+    # No other number of kept values, each with its best scale, does better; rounding to the
+    # largest update (TernGrad's scale) does worse.
+    for k in range(1, rows.shape[1] + 1):
+        top = rows.abs().topk(k, dim=1).values
+        assert bool((error <= rows.square().sum(1) - top.sum(1) ** 2 / k + 1e-9).all()), k
+    amax = rows.abs().amax(dim=1, keepdim=True).clamp(min=1e-30)
+    rounded = (rows - amax * torch.round(rows / amax)).square().sum(dim=1)
+    assert bool((error <= rounded + 1e-9).all()) and float(error.sum()) < 0.8 * float(rounded.sum())
+
+
+def test_error_feedback_sends_late_what_each_update_lost():
+    ref, _ = _models()
+    gen = torch.Generator().manual_seed(1)
+    floats = [k for k, v in ref.items() if v.is_floating_point()]
+    true = {k: torch.zeros_like(ref[k]) for k in floats}
+    crossed = {k: torch.zeros_like(ref[k]) for k in floats}
+    held, residual = ref, None
+    for _ in range(3):  # three rounds: each update trains from the model the receiver holds
+        new = {
+            k: v + 0.01 * torch.randn(v.shape, generator=gen) if v.is_floating_point() else v
+            for k, v in held.items()
+        }
+        payload, adopted, residual = encode_feedback(new, held, "int2", residual)
+        assert state_digest(decode_update(payload, held, "int2")) == state_digest(adopted)
+        for k in floats:
+            true[k] += new[k] - held[k]
+            crossed[k] += adopted[k] - held[k]
+        held = adopted
+    # Nothing is dropped: what crossed plus what is still owed is the sum of the true updates,
+    # though each ternary update loses much of itself.
+    for k in floats:
+        assert torch.allclose(crossed[k] + residual[k], true[k], atol=1e-5), k
+    lost = sum(float(residual[k].norm() ** 2) for k in floats)
+    assert lost > 0.01 * sum(float(true[k].norm() ** 2) for k in floats)
+    first = floats[0]
+    bad = dict(residual) | {first: torch.zeros(1)}
+    with pytest.raises(UpdateError, match=f"{first!r}: the error-feedback residual"):
+        encode_feedback(new, held, "int2", bad)
+
+
+def test_error_feedback_runs_and_needs_a_lossy_exchange():
+    clients = []
+    real = train.Client
+
+    def spy(*a, **k):
+        clients.append(real(*a, **k))
+        return clients[-1]
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(train, "Client", spy)
+        on = ["federation.weights_codec=int2", "federation.weights_error_feedback=true"]
+        run_embedded(load_config(None, [*TINY, *on]))
+    server = clients[0].federation._handler
+    # Every party carries a residual to the next round, and every client still reconstructs
+    # the server's global model bit for bit.
+    assert server.weights_residual is not None
+    for c in clients:
+        assert c.weights_residual is not None
+        assert state_digest(c.reference[1]) == server.digest(len(server.globals) - 1)
+    with pytest.raises(ConfigError, match="federation.weights_error_feedback"):
+        load_config(None, [*TINY, "federation.weights_error_feedback=true"])
 
 
 def _recoded(payload: bytes, values: bytes) -> bytes:

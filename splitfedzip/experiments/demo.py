@@ -14,7 +14,11 @@ DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
 #: Subfolder -> overrides of the base configuration. ``nc`` compresses nothing, the weights
 #: exchange included: it is the reference the others' reductions are measured against.
 VARIANTS = {
-    "nc": ["scheme=nc", "federation.weights_codec=float32"],
+    "nc": [
+        "scheme=nc",
+        "federation.weights_codec=float32",
+        "federation.weights_error_feedback=false",
+    ],
     "f-ae": ["scheme=f", "codec=ae"],
     "fg-ae": ["scheme=fg", "codec=ae"],
 }

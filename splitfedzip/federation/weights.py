@@ -17,7 +17,8 @@ from ..wire import pack_state, tensor_from_bytes, tensor_to_bytes, unpack_state
 #: federation.weights_codec -> the codec id its weights frames carry (0: raw float32 state).
 WEIGHTS_CODECS = {"float32": 0, "float16": 1, "int8": 2, "int4": 3, "int2": 4}
 #: The integer codecs' largest level: the update divided by max|update| / QMAX, rounded.
-#: int2 is ternary (-1, 0, +1 times the row's largest update), as in TernGrad.
+#: int2 is ternary: -1, 0, +1 times a row's scale, the one that minimises the row's squared
+#: error (docs/protocol.md).
 QMAX = {"int8": 127, "int4": 7, "int2": 1}
 #: Codecs whose levels are too coarse for vectors: biases, norms and BatchNorm statistics
 #: (under 1% of the values) cross as float16 differences instead. A ternary update to
@@ -90,10 +91,32 @@ def _levels(delta: Tensor, codec: str) -> tuple[Tensor, Tensor]:
     # whatever their number: xz packs the few distinct values of int4 and int2 by itself.
     qmax = QMAX[codec]
     rows = delta.reshape(delta.shape[0], -1) if delta.dim() >= 2 else delta.reshape(1, -1)
+    if qmax == 1:
+        return _ternary(rows, delta.shape)
     amax = rows.abs().amax(dim=1)
     scale = torch.where(amax > 0, amax / qmax, torch.ones_like(amax))
     q = torch.round(rows / scale[:, None]).clamp_(-qmax, qmax).to(torch.int8)
     return q.reshape(delta.shape), scale
+
+
+def _ternary(rows: Tensor, shape: torch.Size) -> tuple[Tensor, Tensor]:
+    """Ternary levels and a scale per row, minimising the row's squared error.
+
+    Keeping the k largest magnitudes at ±a leaves the error ||x||² - S_k²/k at the best a
+    (their mean, S_k / k): the k that maximises S_k²/k is chosen exactly. Rounding to the
+    largest magnitude instead zeroes everything under half of it: on real updates the
+    decoded error was 0.31 of the update against 0.19 (docs/protocol.md).
+    """
+    mag = rows.abs().sort(dim=1, descending=True).values
+    sums = mag.cumsum(dim=1)
+    counts = torch.arange(1, mag.shape[1] + 1, dtype=mag.dtype)
+    kept = (sums.square() / counts).argmax(dim=1, keepdim=True)
+    scale = sums.gather(1, kept)[:, 0] / (kept[:, 0] + 1).to(mag.dtype)
+    smallest = mag.gather(1, kept)
+    # A row of zeros keeps nothing (its smallest kept magnitude is 0, and sign(0) is 0).
+    q = (torch.sign(rows) * (rows.abs() >= smallest)).to(torch.int8)
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    return q.reshape(shape), scale
 
 
 def _halved(codec: str, ndim: int) -> bool:
@@ -138,6 +161,35 @@ def encode_update(
     uncoded = _UNCODED.pack(len(pack_state(state)))
     payload = uncoded + lzma.compress(b"".join(blobs), preset=PRESET)
     return payload, decode_update(payload, reference, codec)
+
+
+def encode_feedback(
+    state: Mapping[str, Tensor],
+    reference: Mapping[str, Tensor],
+    codec: str,
+    residual: Mapping[str, Tensor] | None,
+) -> tuple[bytes, dict[str, Tensor], dict[str, Tensor]]:
+    """:func:`encode_update` with error feedback: the update to ``state`` plus ``residual``
+    (what the sender's earlier updates lost; None: nothing yet), the model the receiver
+    reconstructs, and what this update lost in turn (the next one's residual)."""
+    # What crosses over all rounds plus the residual held is exactly the sum of the true
+    # updates: an update's quantisation error is sent later instead of being dropped.
+    target = dict(state)
+    for name, ref in reference.items():
+        if not ref.is_floating_point():
+            continue  # integer counters cross exactly: nothing to carry over
+        if residual is not None:
+            carried = residual.get(name)
+            if carried is None or carried.shape != ref.shape:
+                raise UpdateError(f"{name!r}: the error-feedback residual does not fit the model")
+            target[name] = state[name].float() + carried
+    payload, held = encode_update(target, reference, codec)
+    lost = {
+        name: target[name].float() - held[name].float()
+        for name, ref in reference.items()
+        if ref.is_floating_point()
+    }
+    return payload, held, lost
 
 
 def decode_update(payload: bytes, reference: Mapping[str, Tensor], codec: str) -> dict[str, Tensor]:

@@ -23,7 +23,7 @@ from ..federation.weights import (
     WEIGHTS_CODECS,
     UpdateError,
     decode_update,
-    encode_update,
+    encode_feedback,
     state_digest,
 )
 from ..metrics.history import EXAMPLES, prediction_examples
@@ -119,6 +119,9 @@ class Client:
         self.reference: tuple[int, dict[str, Tensor]] | None = None
         if self.weights_codec != "float32":
             self.reference = (0, exchanged_state(ClientModel(cfg, num_classes, cfg.train.seed)))
+        #: What this client's coded submissions lost so far (federation.weights_error_feedback;
+        #: None: nothing yet, or no feedback): added to the next submission's update.
+        self.weights_residual: dict[str, Tensor] | None = None
         #: Who trains in the round begun last (client sampling); None: every client.
         self.sampled: list[int] | None = None
         #: Awaited at the start of each round, and once after the last validation, with the
@@ -222,14 +225,21 @@ class Client:
         if cfg.codec_training.freeze_rate_change is not None:
             submit["bpp"] = 8 * self._rate[0] / max(self._rate[1], 1)  # the rate rule's input
         message = control_frame(ids, submit)
+        lost = None
         if self.reference is None:
             message += weights_frame(ids, exchanged_state(self.model))
         else:
             # The update to the global model this round started from, which the server holds.
             held, state = self.reference
-            payload, _ = encode_update(exchanged_state(self.model), state, self.weights_codec)
+            payload, _, lost = encode_feedback(
+                exchanged_state(self.model), state, self.weights_codec, self.weights_residual
+            )
             message += coded_weights_frame(ids, WEIGHTS_CODECS[self.weights_codec], held, payload)
         ack = control_of(frames(await self.federation.request(message))[0], "ack")
+        if cfg.federation.weights_error_feedback and ack["accepted"]:
+            # A submission the round closed before was dropped whole, as a float32 one would
+            # be: what earlier ones lost is still owed, and nothing of this one crossed.
+            self.weights_residual = lost
         # The next round starts from fresh optimisers: free these states in between.
         self.opt = None
         self.s1f.release_optimizers()

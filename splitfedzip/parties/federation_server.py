@@ -20,7 +20,7 @@ from ..federation.weights import (
     WEIGHTS_CODECS,
     UpdateError,
     decode_update,
-    encode_update,
+    encode_feedback,
     state_digest,
 )
 from ..transport.base import Handler, Reply
@@ -86,6 +86,9 @@ class FederationServer(Handler):
         #: round -> the coded update from global round - 1 (sent to clients that hold it)
         self.updates: dict[int, bytes] = {}
         self._digests: dict[int, str] = {}
+        #: What the coded global updates lost so far (federation.weights_error_feedback;
+        #: None: nothing yet, or no feedback): added to the next global update.
+        self.weights_residual: dict[str, Tensor] | None = None
         #: When the codecs freeze; round -> client -> (its training BPP-T, samples) for it.
         self.freezing = FreezeRule(cfg.codec_training)
         self._rates: dict[int, dict[int, tuple[float, int]]] = {}
@@ -292,10 +295,12 @@ class FederationServer(Handler):
                     self.globals[r + 1] = average
                 else:
                     # The global model is what the clients reconstruct from the coded update.
-                    coded, self.globals[r + 1] = encode_update(
-                        average, self.globals[r], self.weights_codec
+                    coded, self.globals[r + 1], lost = encode_feedback(
+                        average, self.globals[r], self.weights_codec, self.weights_residual
                     )
                     self.updates[r + 1] = coded
+                    if self.cfg.federation.weights_error_feedback:
+                        self.weights_residual = lost
                 self.participants[r] = order
                 rates = self._rates.pop(r, {})
                 self.freezing.observe(r, [rates[c] for c in order if c in rates])

@@ -17,11 +17,13 @@ from .federation_server import FederationServer
 from .main_server import MainServer
 
 #: Attributes that make up each party's run state (everything a round boundary carries over).
-CLIENT_STATE = ("model", "s1f", "s2g", "rx_s2f", "rx_s1g", "rng", "opt", "reference")
+CLIENT_STATE = (
+    "model", "s1f", "s2g", "rx_s2f", "rx_s1g", "rng", "opt", "reference", "weights_residual",
+)  # fmt: skip
 MAIN_STATE = ("peers", "globals", "participants", "_shared", "_sums", "_template")
 FEDERATION_STATE = (
     "globals", "rounds", "participants", "val_loss", "val_clients", "updates", "_digests",
-    "_sums", "freezing", "_rates",
+    "_sums", "freezing", "_rates", "weights_residual",
 )  # fmt: skip
 
 
