@@ -2,6 +2,7 @@
 
 import copy
 import re
+from functools import partial
 
 import pytest
 import torch
@@ -19,7 +20,7 @@ def pair(**options) -> tuple[CodecSender, CodecReceiver]:
     """A sender and a receiver of an ``ae`` crossing, the receiver synced to version 1."""
     torch.manual_seed(0)
     sender = CodecSender(make_codec("ae", 4, latent_channels=8), 1.0, CodecConfig(**options))
-    rx = CodecReceiver(make_codec("ae", 4, latent_channels=8), torch.device("cpu"))
+    rx = CodecReceiver(partial(make_codec, "ae", 4, latent_channels=8), torch.device("cpu"))
     rx.sync(*sender.publish())
     return sender, rx
 
