@@ -322,8 +322,9 @@ class CodecReceiver:
         peer may send no sync before the next tensor, e.g. a frozen codec's)."""
         if self.codec is None:
             return
-        if keep and self._held is None and self.version > 0:
-            self._held = (self.version, self.codec.decoder_state())
+        if self.sync_codec == "float32":  # a lossy sync's reference stays in any case
+            kept = keep and self.version > 0
+            self._held = (self.version, self.codec.decoder_state()) if kept else None
         if self._held is None:
             self.version = 0  # nothing held: the next tensor needs a sync ahead of it
         self.codec = None
