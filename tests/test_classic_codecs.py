@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import struct
+from functools import partial
 
 import pytest
 import torch
@@ -224,7 +225,7 @@ def crossing(name: str, **options) -> tuple[CodecSender, CodecReceiver]:
     opts = CodecConfig(**options)
     codec = make_codec(name, 4, topk_fraction=opts.topk_fraction, bits=opts.bits)
     sender = CodecSender(codec.train(), 1.0, opts)
-    return sender, CodecReceiver(make_codec(name, 4), torch.device("cpu"))
+    return sender, CodecReceiver(partial(make_codec, name, 4), torch.device("cpu"))
 
 
 def send(sender: CodecSender, rx: CodecReceiver, x: torch.Tensor, training: bool = True):

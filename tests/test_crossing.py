@@ -2,13 +2,14 @@
 
 import copy
 import re
+from functools import partial
 
 import pytest
 import torch
 
 from splitfedzip.codecs import make_codec
 from splitfedzip.config import CodecConfig
-from splitfedzip.parties.crossing import CodecReceiver, CodecSender, IntegrityError
+from splitfedzip.parties.crossing import CodecReceiver, CodecSender, IntegrityError, SyncError
 from splitfedzip.parties.messages import Ids, ProtocolError, frames, receive, tensor_message
 from splitfedzip.wire import Kind, Split
 
@@ -19,7 +20,7 @@ def pair(**options) -> tuple[CodecSender, CodecReceiver]:
     """A sender and a receiver of an ``ae`` crossing, the receiver synced to version 1."""
     torch.manual_seed(0)
     sender = CodecSender(make_codec("ae", 4, latent_channels=8), 1.0, CodecConfig(**options))
-    rx = CodecReceiver(make_codec("ae", 4, latent_channels=8), torch.device("cpu"))
+    rx = CodecReceiver(partial(make_codec, "ae", 4, latent_channels=8), torch.device("cpu"))
     rx.sync(*sender.publish())
     return sender, rx
 
@@ -143,3 +144,21 @@ def test_a_republished_snapshot_equals_a_fresh_copy_of_the_live_codec(name, size
     held = sender._snapshots[0][1].state_dict()
     assert held.keys() == fresh.state_dict().keys()
     assert all(torch.equal(held[k], v) for k, v in fresh.state_dict().items())
+
+
+def test_a_released_receiver_decodes_as_before_with_what_it_keeps():
+    sender, rx = pair()
+    x = torch.randn(SHAPE)
+    expected, _ = send(sender, rx, x, training=False)
+    # Kept (a peer that may send no sync): built again with the same decoder, no sync needed.
+    rx.release(keep=True)
+    assert rx.codec is None and rx.version == 1
+    decoded, count = send(sender, rx, x, training=False)
+    assert count == 1 and torch.equal(decoded, expected)
+    # Not kept (every round start syncs): a tensor without a sync ahead of it is refused.
+    rx.release(keep=False)
+    assert rx.codec is None and rx.decoder_state() is None and rx.version == 0
+    with pytest.raises(SyncError, match="a codec sync is missing"):
+        send(sender, rx, x, training=False)
+    rx.sync(*sender.publish())
+    assert torch.equal(send(sender, rx, x, training=False)[0], expected)

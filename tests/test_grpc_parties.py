@@ -243,4 +243,4 @@ def test_coded_weights_and_lossy_snapshots_over_grpc_decode_exactly():
         for sender, receiver, rx in pairs:
             version, state = sender._sent[receiver]
             assert version == rx.version >= 3
-            assert state_digest(state) == state_digest(rx.codec.decoder_state())
+            assert state_digest(state) == state_digest(rx.decoder_state())

@@ -1,5 +1,6 @@
 import asyncio
 import json
+from functools import partial
 
 import pytest
 import torch
@@ -15,6 +16,7 @@ from splitfedzip.experiments.train import (
 from splitfedzip.metrics.summary import payload_bytes
 from splitfedzip.parties.client import Diverged
 from splitfedzip.parties.crossing import SyncError
+from splitfedzip.parties.main_server import MainServer
 from splitfedzip.transport.embedded import EmbeddedChannel
 from splitfedzip.wire import Kind
 
@@ -66,22 +68,31 @@ def test_parties_share_nothing_and_exchange_bytes(monkeypatch):
         return c
 
     monkeypatch.setattr(train, "Client", spy)
+    # Within each client's round (at its selection, before either side frees anything), the
+    # client's model and receivers share no tensor with its replica and receivers on the
+    # main server.
+    held = []
+    real_select = MainServer._select
+
+    def selecting(self, client, r, epoch):
+        c, peer = captured["clients"][client], self.peers[client]
+        mine = storages(c) | storages(c.rx_s2f) | storages(c.rx_s1g) | storages(c.s1f)
+        theirs = storages(peer.replica) | storages(peer.rx_s1f) | storages(peer.rx_s2g)
+        held.append((len(mine), len(theirs), mine & theirs))
+        return real_select(self, client, r, epoch)
+
+    monkeypatch.setattr(MainServer, "_select", selecting)
     run_embedded(tiny("scheme=fg"))
     assert seen
+    assert len(held) == len(captured["clients"])  # one round each
+    assert all(mine and theirs and not both for mine, theirs, both in held)
     clients = captured["clients"]
-    client_ptrs = [storages(c) | storages(c.model) | storages(c.rx_s2f) for c in clients]
-    assert not client_ptrs[0] & client_ptrs[1]
-    main = clients[0].main._handler
-    for cid in range(len(clients)):
-        peer = main.peers[cid]
-        # The replica's model exists only within a round (V1): its live codecs remain.
-        assert peer.replica.model is None
-        server_ptrs = (
-            storages(peer.replica.s2f)
-            | storages(peer.replica.s1g)
-            | {t.untyped_storage().data_ptr() for t in peer.rx_s1f.codec.state_dict().values()}
-        )
-        assert not client_ptrs[cid] & server_ptrs
+    # Between rounds neither side holds a model or codec of a client; after the run only
+    # the tester still holds what it tested with.
+    assert clients[0].model is not None and clients[1].model is None
+    assert clients[1].rx_s2f.codec is None and clients[1].s1f.live is None
+    for peer in clients[0].main._handler.peers.values():
+        assert peer.replica.model is None and peer.rx_s1f.codec is None
 
 
 def test_ledger_adds_up_to_summary(fg_run):
@@ -179,7 +190,7 @@ def test_stale_codec_version_is_refused(fg_run):
     from splitfedzip.wire import Split, decode_frame
 
     sender = CodecSender(make_codec("ae", 4, latent_channels=8), 1.0, CodecConfig())
-    rx = CodecReceiver(make_codec("ae", 4, latent_channels=8), torch.device("cpu"))
+    rx = CodecReceiver(partial(make_codec, "ae", 4, latent_channels=8), torch.device("cpu"))
     version, state = sender.publish()
     rx.sync(version, state)
     sender.publish()  # a newer snapshot that never reached the receiver

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import lzma
+from functools import partial
 
 import pytest
 import torch
@@ -39,6 +40,9 @@ TINY = [
     "train.rounds=2", "train.local_epochs=1", "train.batch_size=2", "train.device=cpu",
     "codec_options.latent_channels=8", "codec=ae", "lambda=10", "scheme=fg",
 ]  # fmt: skip
+
+#: The small learned codec of these tests, as a receiver builds it.
+AE = partial(make_codec, "ae", 4, latent_channels=8)
 
 
 def _models(seed: int = 0):
@@ -239,7 +243,7 @@ def test_lossy_codec_snapshots_decode_bit_identically_over_many_batches(codec):
     torch.manual_seed(0)
     opts = CodecConfig(sync_every=1, lr=1e-2)
     sender = CodecSender(make_codec("ae", 4, latent_channels=8), 1.0, opts, codec)
-    rx = CodecReceiver(make_codec("ae", 4, latent_channels=8), torch.device("cpu"), codec)
+    rx = CodecReceiver(AE, torch.device("cpu"), codec)
     raw = len(pack_state(sender.live.decoder_state()))
     version, sync = sender.publish()
     assert len(sync) < raw / 2
@@ -259,15 +263,13 @@ def test_lossy_codec_snapshots_decode_bit_identically_over_many_batches(codec):
     # A receiver that missed a sync refuses the next one rather than decode with other weights.
     version, sync = sender.publish()
     with pytest.raises(SyncError, match="refers to version"):
-        CodecReceiver(make_codec("ae", 4, latent_channels=8), torch.device("cpu"), codec).sync(
-            version, sync
-        )
+        CodecReceiver(AE, torch.device("cpu"), codec).sync(version, sync)
 
 
 def test_a_corrupted_coded_sync_names_the_tensor():
     torch.manual_seed(0)
     sender = CodecSender(make_codec("ae", 4, latent_channels=8), 1.0, CodecConfig(), "int2")
-    rx = CodecReceiver(make_codec("ae", 4, latent_channels=8), torch.device("cpu"), "int2")
+    rx = CodecReceiver(AE, torch.device("cpu"), "int2")
     version, sync = sender.publish()
     data = _values(sync)
     # Values only cross: the receiver takes names and shapes from its own decoder.

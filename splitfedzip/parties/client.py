@@ -8,6 +8,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -47,7 +48,14 @@ from .messages import (
     tensor_message,
     weights_frame,
 )
-from .models import SCHEMES, ClientModel, crossing_codec, exchanged_state, split_shape
+from .models import (
+    SCHEMES,
+    ClientModel,
+    crossing_codec,
+    exchanged_state,
+    resynced,
+    split_shape,
+)
 from .rng import RngScope
 
 log = logging.getLogger(__name__)
@@ -94,14 +102,16 @@ class Client:
         self.train_set, self.val_set, self.test_set = train, val, test
         self.main, self.federation = main, federation
         self.progress = progress
-        self.model = ClientModel(cfg, num_classes).to(device)
+        self.num_classes = num_classes
+        #: The model exists from a round's start to its end (:meth:`release`).
+        self.model: ClientModel | None = ClientModel(cfg, num_classes).to(device)
         self.compressed = any(SCHEMES[cfg.scheme])
         opts = cfg.codec_options
         wc = cfg.federation.weights_codec  # codec syncs cross as coded as the weights
         self.s1f = CodecSender(self.model.s1_feature, cfg.lmbda, opts, wc)
         self.s2g = CodecSender(self.model.s2_gradient, cfg.lmbda, opts, wc)
-        self.rx_s2f = CodecReceiver(crossing_codec(cfg, "feature"), device, wc)
-        self.rx_s1g = CodecReceiver(crossing_codec(cfg, "gradient"), device, wc)
+        self.rx_s2f = CodecReceiver(partial(crossing_codec, cfg, "feature"), device, wc)
+        self.rx_s1g = CodecReceiver(partial(crossing_codec, cfg, "gradient"), device, wc)
         flags = cfg.codec_training.trainable
         for sender, trains in ((self.s1f, flags.s1_feature), (self.s2g, flags.s2_gradient)):
             if not trains:
@@ -127,6 +137,7 @@ class Client:
         #: Awaited at the start of each round, and once after the last validation, with the
         #: round and the record so far (turns and checkpoints: experiments/resume.py).
         self.at_boundary: Callable[[Client, int, ClientResult], Awaitable[None]] | None = None
+        self.release()  # until the first round starts
 
     # --- the run -------------------------------------------------------------------------
 
@@ -157,6 +168,7 @@ class Client:
                 await self._local_training(ids, result)
             else:  # not drawn, or the last validation: the main server may free the replica
                 await self._control(self.main, ids, {"type": "idle"})
+            self.release()
             if r == cfg.train.rounds:
                 break
         if self.at_boundary is not None:  # the last validation is done
@@ -240,10 +252,6 @@ class Client:
             # A submission the round closed before was dropped whole, as a float32 one would
             # be: what earlier ones lost is still owed, and nothing of this one crossed.
             self.weights_residual = lost
-        # The next round starts from fresh optimisers: free these states in between.
-        self.opt = None
-        self.s1f.release_optimizers()
-        self.s2g.release_optimizers()
         if not ack["accepted"]:
             log.warning("client %d: round %d closed before this submission", self.cid, ids.round)
 
@@ -255,6 +263,7 @@ class Client:
             ask |= {"have": held, "digest": state_digest(state)}
         reply = await self._poll(self.federation, control_frame(ids, ask))
         head = control_of(reply[0], "global")
+        self._build_model()
         if "frozen" in head:
             if not isinstance(head["frozen"], bool):
                 raise ProtocolError(f"round {ids.round}: 'frozen' must be true or false")
@@ -309,6 +318,23 @@ class Client:
             reply = frames(await channel.request(message))
             if control_of(reply[0])["type"] != "wait":
                 return reply
+
+    def _build_model(self) -> None:
+        """A fresh model for a round, its codecs trained by the senders; the global model
+        loaded next replaces every weight (the entropy tables are the fresh model's anyway)."""
+        self.model = ClientModel(self.cfg, self.num_classes).to(self.device)
+        self.s1f.rebind(self.model.s1_feature)
+        self.s2g.rebind(self.model.s2_gradient)
+
+    def release(self) -> None:
+        """Between rounds, free what the next round start installs again: the model, the
+        optimiser states, the codec snapshots and the receivers' codecs (see docs/resume.md)."""
+        self.model = self.opt = None
+        self.s1f.release()
+        self.s2g.release()
+        keep = not resynced(self.cfg)
+        self.rx_s2f.release(keep)
+        self.rx_s1g.release(keep)
 
     def reset_optimizers(self) -> None:
         """Fresh Adam states for the front end, back end and sending codecs (each round)."""
@@ -465,6 +491,7 @@ class Client:
         best = control_of(reply[0], "best_global")
         if result is not None:
             result.rounds, result.events = best["rounds"], best["events"]
+        self._build_model()
         self.model.load_state_dict(state_of(reply[1]), strict=False)
         ids = ids.at(round=best["round"])
         await self._control(self.main, ids, {"type": "test_start"})

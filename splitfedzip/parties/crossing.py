@@ -13,6 +13,7 @@ to the live codec's differentiable reconstruction (see docs/protocol.md).
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -58,7 +59,7 @@ class CodecSender:
     def __init__(
         self, codec: Codec, lmbda: float, opts: CodecConfig, sync_codec: str = "float32"
     ) -> None:
-        self.live = codec
+        self.live: Codec | None = codec
         self.sync_codec = sync_codec
         #: receiver -> (version, decoder state) as that receiver reconstructed it
         self._sent: dict[int, tuple[int, dict[str, Tensor]]] = {}
@@ -119,17 +120,21 @@ class CodecSender:
         self.aux_opt = torch.optim.Adam(aux, lr=o.aux_lr)
 
     def rebind(self, codec: Codec) -> None:
-        """Train ``codec`` from now on (a replica rebuilt for a round): what was published to
+        """Train ``codec`` from now on (a model rebuilt for a round): what was published to
         each receiver stays; the optimisers start afresh, as at every round start."""
         self.live = codec
+        if self.frozen:  # frozen for good, whichever module holds the weights
+            codec.requires_grad_(False)
         self.reset_optimizers()
 
-    def release_optimizers(self) -> None:
+    def release(self) -> None:
         """Free what a round rebuilds anyway, between rounds: the optimiser states
-        (:meth:`reset_optimizers`) and the snapshots (every round start publishes afresh)."""
+        (:meth:`reset_optimizers`), the snapshots (every round start publishes afresh) and the
+        live codec, whose model the next round start builds (:meth:`rebind`)."""
         self.opt = self.aux_opt = None
         self._coded = None
         self._snapshots.clear()
+        self.live = None
 
     def publish(self, receiver: int = 0) -> tuple[int, bytes] | None:
         """Freeze a snapshot for ``receiver``; returns (version, decoder state) to send."""
@@ -295,50 +300,88 @@ class CodecSender:
 
 
 class CodecReceiver:
-    """Holds the decoder side of a peer's codec, as of the peer's last sync."""
+    """Holds the decoder side of a peer's codec, as of the peer's last sync.
 
-    def __init__(self, codec: Codec, device: torch.device, sync_codec: str = "float32") -> None:
-        self.codec = codec.eval().to(device)
+    Between its rounds a party may :meth:`release` the codec; the next sync or decode builds
+    it again (``make``) with the decoder state it held.
+    """
+
+    def __init__(
+        self, make: Callable[[], Codec], device: torch.device, sync_codec: str = "float32"
+    ) -> None:
+        self.make = make
+        self.codec: Codec | None = make().eval().to(device)
         self.device = device
         self.version = 0
         self.sync_codec = sync_codec
+        #: (version, decoder state): a lossy sync's reference, or what a released codec held
         self._held: tuple[int, dict[str, Tensor]] | None = None
+
+    def release(self, keep: bool) -> None:
+        """Free the codec until it is next needed; ``keep``: its decoder state is kept (the
+        peer may send no sync before the next tensor, e.g. a frozen codec's)."""
+        if self.codec is None:
+            return
+        if self.sync_codec == "float32":  # a lossy sync's reference stays in any case
+            kept = keep and self.version > 0
+            self._held = (self.version, self.codec.decoder_state()) if kept else None
+        if self._held is None:
+            self.version = 0  # nothing held: the next tensor needs a sync ahead of it
+        self.codec = None
+
+    def decoder_state(self) -> dict[str, Tensor] | None:
+        """The decoder state held: the codec's, or what a release kept (None: nothing)."""
+        if self.codec is not None:
+            return self.codec.decoder_state()
+        return None if self._held is None else self._held[1]
+
+    def _codec(self) -> Codec:
+        """The codec, built again after a release with the decoder state held."""
+        if self.codec is None:
+            # Built aside from the run's random stream: its initial weights are overwritten.
+            with torch.random.fork_rng(devices=[]):
+                codec = self.make().eval()
+            if self._held is not None:
+                codec.load_decoder_state(self._held[1])
+            self.codec = codec.to(self.device)
+        return self.codec
 
     def sync(self, version: int, state: bytes) -> None:
         """Install the decoder weights of snapshot ``version``."""
+        codec = self._codec()
         if self.sync_codec == "float32":
-            self.codec.load_decoder_state(unpack_state(state))
+            codec.load_decoder_state(unpack_state(state))
+            self._held = None  # what a release kept is replaced
         else:
             # Entropy tables grow with the weights, so bound the inflation generously.
-            limit = 4 * len(pack_state(self.codec.decoder_state())) + (1 << 20)
+            limit = 4 * len(pack_state(codec.decoder_state())) + (1 << 20)
             try:
-                decoded = decode_state(
-                    state, self._held, self.sync_codec, limit, self.codec.decoder_state()
-                )
+                decoded = decode_state(state, self._held, self.sync_codec, limit,
+                                       codec.decoder_state())  # fmt: skip
             except UpdateError as e:
                 raise SyncError(f"codec sync version {version}: {e}") from None
-            self.codec.load_decoder_state(decoded)
+            codec.load_decoder_state(decoded)
             self._held = (version, decoded)
-        self.codec.to(self.device)
+        codec.to(self.device)
         self.version = version
 
     @torch.no_grad()
     def decode(self, frame: Frame, what: str = "tensor") -> Tensor:
         """Decode a feature or gradient frame (``what``, e.g. "S1 features") into a tensor on
         this party's device; :class:`IntegrityError` if the symbols differ from the sender's."""
-        h = frame.header
-        expected = codec_id(self.codec)
+        h, codec = frame.header, self._codec()
+        expected = codec_id(codec)
         if h.codec != expected:
             raise SyncError(
                 f"frame coded with {codec_label(h.codec)}, expected {codec_label(expected)}"
             )
-        if self.codec.learned and (self.version == 0 or h.codec_version != self.version):
+        if codec.learned and (self.version == 0 or h.codec_version != self.version):
             raise SyncError(
                 f"frame coded with codec version {h.codec_version}, receiver holds "
                 f"{self.version or 'none yet'}: a codec sync is missing"
             )
         try:
-            return self.codec.decompress(frame.payload, h.shape).to(self.device)
+            return codec.decompress(frame.payload, h.shape).to(self.device)
         except SymbolMismatch as e:
             raise IntegrityError(
                 f"{what} of client {h.client}, round {h.round} epoch {h.epoch} batch {h.batch} "

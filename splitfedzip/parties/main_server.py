@@ -7,6 +7,7 @@ import asyncio
 import copy
 import logging
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import Tensor
@@ -31,7 +32,7 @@ from .messages import (
     sync_frame,
     tensor_message,
 )
-from .models import ServerModel, crossing_codec, exchanged_state, split_shape
+from .models import ServerModel, crossing_codec, exchanged_state, resynced, split_shape
 from .rng import RngScope
 
 log = logging.getLogger(__name__)
@@ -193,11 +194,12 @@ class MainServer(Handler):
                 sender.forget(client)  # the new receivers hold no snapshot to update
             self.peers[client] = Peer(
                 replica,
-                CodecReceiver(crossing_codec(self.cfg, "feature"), self.device, wc),
-                CodecReceiver(crossing_codec(self.cfg, "gradient"), self.device, wc),
+                CodecReceiver(partial(crossing_codec, self.cfg, "feature"), self.device, wc),
+                CodecReceiver(partial(crossing_codec, self.cfg, "gradient"), self.device, wc),
                 RngScope(self.cfg.train.seed * 1000 + 500 + client),
                 samples,
             )
+            self._release_receivers(self.peers[client])  # until the client's round starts
         elif kind == "round_start":
             peer = self._peer(client)
             self._forget_batch(client)
@@ -228,8 +230,10 @@ class MainServer(Handler):
             self._forget_batch(client)
         elif kind in ("bye", "idle"):  # idle: not drawn to train this round
             self._forget_batch(client)
-            if self._shared is None and client in self.peers:
-                self._released(self.peers[client].replica)
+            if client in self.peers:
+                self._release_receivers(self.peers[client])
+                if self._shared is None:
+                    self._released(self.peers[client].replica)
         else:
             raise ProtocolError(f"main server: unknown control message {kind!r}")
         return Reply(control_frame(ids, {"type": "ack"}))
@@ -303,6 +307,7 @@ class MainServer(Handler):
 
     def _select(self, client: int, r: int, epoch: int) -> None:
         peer = self._peer(client)
+        self._release_receivers(peer)  # the client's round is over: nothing more to decode
         if self._shared is not None:
             return
         if peer.best is not None:
@@ -333,12 +338,17 @@ class MainServer(Handler):
         rep.s1g.rebind(rep.model.s1_gradient)
         return rep
 
+    def _release_receivers(self, peer: Peer) -> None:
+        """Free the peer's receivers between its rounds; each round start syncs them again."""
+        keep = not resynced(self.cfg)
+        peer.rx_s1f.release(keep)
+        peer.rx_s2g.release(keep)
+
     def _released(self, rep: Replica) -> Replica:
         """Drop a V1 replica's model and optimisers until its client's next round start."""
         rep.model, rep.opt = None, None
-        for sender in (rep.s2f, rep.s1g):
-            sender.release_optimizers()
-            sender.live = None  # the released model's codec: rebound at the next round start
+        rep.s2f.release()
+        rep.s1g.release()
         return rep
 
     # --- per batch -----------------------------------------------------------------------

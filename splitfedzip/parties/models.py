@@ -35,6 +35,15 @@ def crossing_codec(cfg: Config, kind: str) -> Codec:
     )
 
 
+def resynced(cfg: Config) -> bool:
+    """Whether every round start syncs every learned codec afresh: none is ever frozen (a
+    frozen codec is synced only when its weights changed)."""
+    t = cfg.codec_training
+    flags = t.trainable
+    trains = (flags.s1_feature, flags.s2_feature, flags.s1_gradient, flags.s2_gradient)
+    return all(trains) and t.freeze_round is None and t.freeze_rate_change is None
+
+
 def split_shape(cfg: Config, batch: int) -> tuple[int, int, int, int]:
     """The shape of a tensor crossing S1 or S2 (both at half the input size) for ``batch``."""
     half = cfg.data.image_size // 2
