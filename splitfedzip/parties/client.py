@@ -322,7 +322,9 @@ class Client:
     def _build_model(self) -> None:
         """A fresh model for a round, its codecs trained by the senders; the global model
         loaded next replaces every weight (the entropy tables are the fresh model's anyway)."""
-        self.model = ClientModel(self.cfg, self.num_classes).to(self.device)
+        # No pretrained weights: the global model (or the reference, itself built with them)
+        # replaces every one, and reading the checkpoint per client and round is wasted.
+        self.model = ClientModel(self.cfg, self.num_classes, pretrained=False).to(self.device)
         self.s1f.rebind(self.model.s1_feature)
         self.s2g.rebind(self.model.s2_gradient)
 

@@ -58,7 +58,9 @@ def exchanged_state(module: nn.Module) -> dict[str, Tensor]:
 class ClientModel(nn.Module):
     """A client's part of the system: front end, back end, the codecs it sends with."""
 
-    def __init__(self, cfg: Config, num_classes: int, seed: int = 0) -> None:
+    def __init__(
+        self, cfg: Config, num_classes: int, seed: int = 0, pretrained: bool = True
+    ) -> None:
         super().__init__()
         # The U-Net seed is shared with the main server: FE + server + BE is one U-Net.
         parts = build_split_unet(
@@ -69,7 +71,8 @@ class ClientModel(nn.Module):
         with seeded(seed + 1):
             self.s1_feature = crossing_codec(cfg, "feature")
             self.s2_gradient = crossing_codec(cfg, "gradient")
-        load_pretrained(self, cfg, "client_global")  # codec_training.pretrained, if any
+        if pretrained:
+            load_pretrained(self, cfg, "client_global")  # codec_training.pretrained, if any
 
 
 class ServerModel(nn.Module):
