@@ -185,6 +185,10 @@ class FederationConfig:
     #: global model, keeps what its last coded update lost to quantisation and adds it to the
     #: next update before coding it, so that the error is sent late rather than dropped.
     weights_error_feedback: bool = False
+    #: ``int2`` only: the largest fraction of each output channel's update sent as ±scale, the
+    #: rest as 0 (sparse ternary compression); 1: as many as minimise the error. Codec syncs
+    #: follow it too.
+    weights_keep: float = 1.0
     #: Clients drawn (seeded) to train in each round: a number (>= 1) or a fraction (0 to 1);
     #: unset, every client trains. Every client still validates each global model.
     clients_per_round: int | float | None = None
@@ -361,6 +365,12 @@ def _validate(cfg: Config) -> Config:
         not cfg.federation.weights_error_feedback or cfg.federation.weights_codec != "float32",
         "federation.weights_error_feedback: the float32 exchange loses nothing to feed back; "
         "choose a lossy federation.weights_codec or set it to false",
+    )
+    keep = cfg.federation.weights_keep
+    need(
+        0 < keep <= 1 and (keep == 1 or cfg.federation.weights_codec == "int2"),
+        f"federation.weights_keep: {keep!r} must lie in (0, 1], and below 1 only with "
+        "federation.weights_codec int2 (the fraction of nonzero ternary levels)",
     )
     ct = cfg.codec_training
     need(

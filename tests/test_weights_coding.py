@@ -97,6 +97,34 @@ def test_ternary_levels_minimise_each_rows_squared_error():
     assert bool((error <= rounded + 1e-9).all()) and float(error.sum()) < 0.8 * float(rounded.sum())
 
 
+def test_sparse_ternary_levels_keep_at_most_the_fraction_asked_and_code_smaller():
+    ref, new = _models()
+    name = next(k for k, v in ref.items() if v.dim() == 4)
+    delta = new[name] - ref[name]
+    rows = delta.reshape(delta.shape[0], -1)
+    cap = -(-rows.shape[1] // 4)
+    q, scale = _levels(delta, "int2", keep=0.25)
+    nonzero = q.reshape(rows.shape[0], -1).ne(0).sum(dim=1)
+    assert bool((nonzero <= cap).all()) and bool((nonzero >= 1).all())
+    # Each row's scale is the mean of what it keeps: the best ±a for those positions, and no
+    # smaller k does better.
+    error = (rows - scale[:, None] * q.reshape(rows.shape).float()).square().sum(dim=1)
+    for k in range(1, cap + 1):
+        top = rows.abs().topk(k, dim=1).values
+        assert bool((error <= rows.square().sum(1) - top.sum(1) ** 2 / k + 1e-6).all()), k
+    dense, _ = encode_update(new, ref, "int2")
+    sparse, adopted = encode_update(new, ref, "int2", keep=0.25)
+    assert len(sparse) < 0.85 * len(dense)
+    # The receiver needs no knob: the levels decode as any int2 update's.
+    assert state_digest(decode_update(sparse, ref, "int2")) == state_digest(adopted)
+    for bad in (
+        ["federation.weights_keep=0"],
+        ["federation.weights_codec=int8", "federation.weights_keep=0.5"],
+    ):
+        with pytest.raises(ConfigError, match="federation.weights_keep"):
+            load_config(None, [*TINY, *bad])
+
+
 def test_error_feedback_sends_late_what_each_update_lost():
     ref, _ = _models()
     gen = torch.Generator().manual_seed(1)
@@ -137,7 +165,11 @@ def test_error_feedback_runs_and_needs_a_lossy_exchange():
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(train, "Client", spy)
-        on = ["federation.weights_codec=int2", "federation.weights_error_feedback=true"]
+        on = [
+            "federation.weights_codec=int2",
+            "federation.weights_error_feedback=true",
+            "federation.weights_keep=0.25",
+        ]
         run_embedded(load_config(None, [*TINY, *on]))
     server = clients[0].federation._handler
     # Every party carries a residual to the next round, and every client still reconstructs

@@ -74,43 +74,47 @@ def _inflate(payload: bytes, limit: int, what: str, size: str) -> memoryview:
     return data
 
 
-def _coded_delta(name: str, delta: Tensor, codec: str) -> list[bytes]:
+def _coded_delta(name: str, delta: Tensor, codec: str, keep: float = 1.0) -> list[bytes]:
     """One float tensor's update as ``codec`` sends it: float16, or a scale and its levels."""
     if _halved(codec, delta.dim()):
         half = delta.to(torch.float16)
         if not bool(torch.isfinite(half).all()):
             raise UpdateError(f"{name!r}: the update overflows float16")
         return [tensor_to_bytes(half)]
-    q, scale = _levels(delta, codec)
+    q, scale = _levels(delta, codec, keep)
     return [tensor_to_bytes(scale), tensor_to_bytes(q)]
 
 
-def _levels(delta: Tensor, codec: str) -> tuple[Tensor, Tensor]:
+def _levels(delta: Tensor, codec: str, keep: float = 1.0) -> tuple[Tensor, Tensor]:
     # Per output channel (dim 0) for weight tensors, per tensor for vectors: the rows of a
     # convolution differ in range by orders of magnitude. Levels are stored one per byte
     # whatever their number: xz packs the few distinct values of int4 and int2 by itself.
     qmax = QMAX[codec]
     rows = delta.reshape(delta.shape[0], -1) if delta.dim() >= 2 else delta.reshape(1, -1)
     if qmax == 1:
-        return _ternary(rows, delta.shape)
+        return _ternary(rows, delta.shape, keep)
     amax = rows.abs().amax(dim=1)
     scale = torch.where(amax > 0, amax / qmax, torch.ones_like(amax))
     q = torch.round(rows / scale[:, None]).clamp_(-qmax, qmax).to(torch.int8)
     return q.reshape(delta.shape), scale
 
 
-def _ternary(rows: Tensor, shape: torch.Size) -> tuple[Tensor, Tensor]:
-    """Ternary levels and a scale per row, minimising the row's squared error.
+def _ternary(rows: Tensor, shape: torch.Size, keep: float = 1.0) -> tuple[Tensor, Tensor]:
+    """Ternary levels and a scale per row, minimising the row's squared error with at most
+    ``keep`` of the row's values nonzero.
 
     Keeping the k largest magnitudes at ±a leaves the error ||x||² - S_k²/k at the best a
     (their mean, S_k / k): the k that maximises S_k²/k is chosen exactly. Rounding to the
     largest magnitude instead zeroes everything under half of it: on real updates the
-    decoded error was 0.31 of the update against 0.19 (docs/protocol.md).
+    decoded error was 0.31 of the update against 0.19 (docs/protocol.md). Capping k is
+    sparse ternary compression (Sattler et al., 2019): fewer nonzero levels, fewer bytes.
     """
     mag = rows.abs().sort(dim=1, descending=True).values
     sums = mag.cumsum(dim=1)
     counts = torch.arange(1, mag.shape[1] + 1, dtype=mag.dtype)
-    kept = (sums.square() / counts).argmax(dim=1, keepdim=True)
+    # The cap keeps at least one value per row; beyond it S_k²/k is never chosen.
+    cap = max(1, math.ceil(keep * mag.shape[1]))
+    kept = (sums[:, :cap].square() / counts[:cap]).argmax(dim=1, keepdim=True)
     scale = sums.gather(1, kept)[:, 0] / (kept[:, 0] + 1).to(mag.dtype)
     smallest = mag.gather(1, kept)
     # A row of zeros keeps nothing (its smallest kept magnitude is 0, and sign(0) is 0).
@@ -143,10 +147,11 @@ def _dequantise(name: str, q: Tensor, scale: Tensor, codec: str) -> Tensor:
 
 
 def encode_update(
-    state: Mapping[str, Tensor], reference: Mapping[str, Tensor], codec: str
+    state: Mapping[str, Tensor], reference: Mapping[str, Tensor], codec: str, keep: float = 1.0
 ) -> tuple[bytes, dict[str, Tensor]]:
     """The coded update from ``reference`` to ``state``, and the model a receiver holding
-    ``reference`` reconstructs from it (the sender adopts that one, bit for bit)."""
+    ``reference`` reconstructs from it (the sender adopts that one, bit for bit); ``keep``:
+    ``int2``'s largest fraction of nonzero levels per row."""
     if WEIGHTS_CODECS.get(codec, 0) == 0:
         raise ValueError(f"weights codec {codec!r} codes no update")
     # The receiver knows every name, shape and dtype from its reference, so only the values
@@ -157,7 +162,7 @@ def encode_update(
         if not ref.is_floating_point():
             blobs.append(tensor_to_bytes(value - ref))  # integer counters: exact
             continue
-        blobs += _coded_delta(name, value.float() - ref.float(), codec)
+        blobs += _coded_delta(name, value.float() - ref.float(), codec, keep)
     uncoded = _UNCODED.pack(len(pack_state(state)))
     payload = uncoded + lzma.compress(b"".join(blobs), preset=PRESET)
     return payload, decode_update(payload, reference, codec)
@@ -168,6 +173,7 @@ def encode_feedback(
     reference: Mapping[str, Tensor],
     codec: str,
     residual: Mapping[str, Tensor] | None,
+    keep: float = 1.0,
 ) -> tuple[bytes, dict[str, Tensor], dict[str, Tensor]]:
     """:func:`encode_update` with error feedback: the update to ``state`` plus ``residual``
     (what the sender's earlier updates lost; None: nothing yet), the model the receiver
@@ -183,7 +189,7 @@ def encode_feedback(
             if carried is None or carried.shape != ref.shape:
                 raise UpdateError(f"{name!r}: the error-feedback residual does not fit the model")
             target[name] = state[name].float() + carried
-    payload, held = encode_update(target, reference, codec)
+    payload, held = encode_update(target, reference, codec, keep)
     lost = {
         name: target[name].float() - held[name].float()
         for name, ref in reference.items()
@@ -240,6 +246,7 @@ def encode_state(
     state: Mapping[str, Tensor],
     reference: tuple[int, Mapping[str, Tensor]] | None,
     codec: str,
+    keep: float = 1.0,
 ) -> tuple[bytes, dict[str, Tensor]]:
     """A coded state (codec syncs): the version it updates and the integer tables whole, then
     the floating-point tensors' values only, as updates to the same-shaped tensor of
@@ -261,7 +268,7 @@ def encode_state(
         shapes += [value.dim(), *value.shape]
         base = held.get(name)
         delta = value.float() - (base.float() if _same(base, value) else 0.0)
-        blobs += _coded_delta(name, delta, codec)
+        blobs += _coded_delta(name, delta, codec, keep)
     tables[_SHAPES] = torch.tensor(shapes, dtype=torch.int32)
     packed = pack_state(tables)
     data = _TABLES.pack(len(packed)) + packed + b"".join(blobs)

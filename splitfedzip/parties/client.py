@@ -107,9 +107,10 @@ class Client:
         self.model: ClientModel | None = ClientModel(cfg, num_classes).to(device)
         self.compressed = any(SCHEMES[cfg.scheme])
         opts = cfg.codec_options
-        wc = cfg.federation.weights_codec  # codec syncs cross as coded as the weights
-        self.s1f = CodecSender(self.model.s1_feature, cfg.lmbda, opts, wc)
-        self.s2g = CodecSender(self.model.s2_gradient, cfg.lmbda, opts, wc)
+        wc, keep = cfg.federation.weights_codec, cfg.federation.weights_keep
+        # Codec syncs cross as coded as the weights.
+        self.s1f = CodecSender(self.model.s1_feature, cfg.lmbda, opts, wc, keep)
+        self.s2g = CodecSender(self.model.s2_gradient, cfg.lmbda, opts, wc, keep)
         self.rx_s2f = CodecReceiver(partial(crossing_codec, cfg, "feature"), device, wc)
         self.rx_s1g = CodecReceiver(partial(crossing_codec, cfg, "gradient"), device, wc)
         flags = cfg.codec_training.trainable
@@ -244,7 +245,11 @@ class Client:
             # The update to the global model this round started from, which the server holds.
             held, state = self.reference
             payload, _, lost = encode_feedback(
-                exchanged_state(self.model), state, self.weights_codec, self.weights_residual
+                exchanged_state(self.model),
+                state,
+                self.weights_codec,
+                self.weights_residual,
+                cfg.federation.weights_keep,
             )
             message += coded_weights_frame(ids, WEIGHTS_CODECS[self.weights_codec], held, payload)
         ack = control_of(frames(await self.federation.request(message))[0], "ack")

@@ -57,10 +57,16 @@ class CodecSender:
     """Owns, trains and publishes the codec of one crossing."""
 
     def __init__(
-        self, codec: Codec, lmbda: float, opts: CodecConfig, sync_codec: str = "float32"
+        self,
+        codec: Codec,
+        lmbda: float,
+        opts: CodecConfig,
+        sync_codec: str = "float32",
+        sync_keep: float = 1.0,
     ) -> None:
         self.live: Codec | None = codec
         self.sync_codec = sync_codec
+        self.sync_keep = sync_keep
         #: receiver -> (version, decoder state) as that receiver reconstructed it
         self._sent: dict[int, tuple[int, dict[str, Tensor]]] = {}
         self.lmbda = lmbda
@@ -160,7 +166,7 @@ class CodecSender:
             return self.version, pack_state(snap.decoder_state())
         # Lossy: the snapshot adopts what the receiver reconstructs before it codes anything.
         payload, state = encode_state(
-            snap.decoder_state(), self._sent.get(receiver), self.sync_codec
+            snap.decoder_state(), self._sent.get(receiver), self.sync_codec, self.sync_keep
         )
         snap.load_decoder_state(state)
         self._sent[receiver] = (self.version, state)

@@ -296,7 +296,11 @@ class FederationServer(Handler):
                 else:
                     # The global model is what the clients reconstruct from the coded update.
                     coded, self.globals[r + 1], lost = encode_feedback(
-                        average, self.globals[r], self.weights_codec, self.weights_residual
+                        average,
+                        self.globals[r],
+                        self.weights_codec,
+                        self.weights_residual,
+                        self.cfg.federation.weights_keep,
                     )
                     self.updates[r + 1] = coded
                     if self.cfg.federation.weights_error_feedback:

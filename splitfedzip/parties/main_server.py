@@ -97,10 +97,11 @@ class MainServer(Handler):
     def _make_replica(self) -> Replica:
         cfg, opts = self.cfg, self.cfg.codec_options
         model = copy.deepcopy(self._template)
+        sync = (cfg.federation.weights_codec, cfg.federation.weights_keep)
         replica = Replica(
             model,
-            CodecSender(model.s2_feature, cfg.lmbda, opts, cfg.federation.weights_codec),
-            CodecSender(model.s1_gradient, cfg.lmbda, opts, cfg.federation.weights_codec),
+            CodecSender(model.s2_feature, cfg.lmbda, opts, *sync),
+            CodecSender(model.s1_gradient, cfg.lmbda, opts, *sync),
             torch.optim.Adam(model.server.parameters(), lr=cfg.train.lr),
         )
         flags = cfg.codec_training.trainable
