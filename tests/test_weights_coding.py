@@ -76,12 +76,14 @@ def test_update_round_trip_is_bit_identical_and_within_the_quantisation_step(cod
         step = (v - ref[k]).abs().max()
         # Vectors (BatchNorm's running_var among them) cross as float16 under int4 and int2.
         bound = 1e-3 if codec in ("int4", "int2") and v.dim() < 2 else tolerance
-        assert (decoded[k] - v).abs().max() <= bound * step / 2 + 1e-7, k
+        # (The scale crosses as bfloat16, rounded up by at most 1.2%.)
+        assert (decoded[k] - v).abs().max() <= 1.012 * bound * step / 2 + 1e-7, k
 
 
 def test_ternary_levels_minimise_each_rows_squared_error():
     gen = torch.Generator().manual_seed(2)
-    delta = torch.randn(6, 3, 3, 3, generator=gen) * torch.logspace(-3, 0, 6)[:, None, None, None]
+    # Rows of 64 values: shorter ones share one scale (MIN_ROW).
+    delta = torch.randn(6, 4, 4, 4, generator=gen) * torch.logspace(-3, 0, 6)[:, None, None, None]
     delta[2] = 0  # a row of zeros keeps nothing
     q, scale = _levels(delta, "int2")
     assert set(q.unique().tolist()) <= {-1, 0, 1} and not q[2].any()
@@ -89,9 +91,10 @@ def test_ternary_levels_minimise_each_rows_squared_error():
     error = (rows - scale[:, None] * levels).square().sum(dim=1)
     # No other number of kept values, each with its best scale, does better; rounding to the
     # largest update (TernGrad's scale) does worse.
+    energy = rows.square().sum(1)
     for k in range(1, rows.shape[1] + 1):
         top = rows.abs().topk(k, dim=1).values
-        assert bool((error <= rows.square().sum(1) - top.sum(1) ** 2 / k + 1e-9).all()), k
+        assert bool((error <= energy - top.sum(1) ** 2 / k + 1e-6 * energy).all()), k
     amax = rows.abs().amax(dim=1, keepdim=True).clamp(min=1e-30)
     rounded = (rows - amax * torch.round(rows / amax)).square().sum(dim=1)
     assert bool((error <= rounded + 1e-9).all()) and float(error.sum()) < 0.8 * float(rounded.sum())
@@ -99,7 +102,7 @@ def test_ternary_levels_minimise_each_rows_squared_error():
 
 def test_sparse_ternary_levels_keep_at_most_the_fraction_asked_and_code_smaller():
     ref, new = _models()
-    name = next(k for k, v in ref.items() if v.dim() == 4)
+    name = next(k for k, v in ref.items() if v.dim() == 4 and v[0].numel() >= 64)
     delta = new[name] - ref[name]
     rows = delta.reshape(delta.shape[0], -1)
     cap = -(-rows.shape[1] // 4)

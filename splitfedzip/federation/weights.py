@@ -24,6 +24,13 @@ QMAX = {"int8": 127, "int4": 7, "int2": 1}
 #: (under 1% of the values) cross as float16 differences instead. A ternary update to
 #: running_var made variances negative and the model NaN (docs/protocol.md).
 _COARSE = ("int4", "int2")
+#: Scales cross as bfloat16: float32's range at half the bytes. The sender adopts the rounded
+#: scale, as it adopts every level.
+SCALE_DTYPE = torch.bfloat16
+#: A weight tensor whose output channels hold fewer values than this gets one scale in all: a
+#: scale per row of 9 values (the entropy bottleneck's density matrices) cost more bytes than
+#: their levels (docs/protocol.md).
+MIN_ROW = 64
 #: xz preset: on real updates 7-9% smaller than zlib -9, and -9 gains nothing (docs/protocol.md).
 PRESET = 6
 #: Ahead of the xz stream: the size of the packed float32 state the payload stands for (what
@@ -82,7 +89,15 @@ def _coded_delta(name: str, delta: Tensor, codec: str, keep: float = 1.0) -> lis
             raise UpdateError(f"{name!r}: the update overflows float16")
         return [tensor_to_bytes(half)]
     q, scale = _levels(delta, codec, keep)
-    return [tensor_to_bytes(scale), tensor_to_bytes(q)]
+    return [tensor_to_bytes(scale.to(SCALE_DTYPE)), tensor_to_bytes(q)]
+
+
+def _scale_rows(shape: tuple[int, ...] | torch.Size) -> int:
+    """How many scales a quantised tensor of ``shape`` has: one per output channel (dim 0)
+    for weight tensors whose channels hold at least MIN_ROW values, else one."""
+    if len(shape) < 2 or math.prod(shape[1:]) < MIN_ROW:
+        return 1
+    return shape[0]
 
 
 def _levels(delta: Tensor, codec: str, keep: float = 1.0) -> tuple[Tensor, Tensor]:
@@ -90,11 +105,13 @@ def _levels(delta: Tensor, codec: str, keep: float = 1.0) -> tuple[Tensor, Tenso
     # convolution differ in range by orders of magnitude. Levels are stored one per byte
     # whatever their number: xz packs the few distinct values of int4 and int2 by itself.
     qmax = QMAX[codec]
-    rows = delta.reshape(delta.shape[0], -1) if delta.dim() >= 2 else delta.reshape(1, -1)
+    rows = delta.reshape(_scale_rows(delta.shape), -1)
     if qmax == 1:
         return _ternary(rows, delta.shape, keep)
     amax = rows.abs().amax(dim=1)
     scale = torch.where(amax > 0, amax / qmax, torch.ones_like(amax))
+    # The levels are those of the scale that crosses, rounded up so that none clips.
+    scale = (scale * (1 + 2**-7)).to(SCALE_DTYPE).float()
     q = torch.round(rows / scale[:, None]).clamp_(-qmax, qmax).to(torch.int8)
     return q.reshape(delta.shape), scale
 
@@ -134,7 +151,7 @@ def _coded_size(v: Tensor, codec: str) -> int:
         return v.numel() * v.dtype.itemsize
     if _halved(codec, v.dim()):
         return 2 * v.numel()
-    return v.numel() + 4 * (v.shape[0] if v.dim() > 1 else 1)
+    return v.numel() + SCALE_DTYPE.itemsize * _scale_rows(v.shape)
 
 
 def _dequantise(name: str, q: Tensor, scale: Tensor, codec: str) -> Tensor:
@@ -142,8 +159,7 @@ def _dequantise(name: str, q: Tensor, scale: Tensor, codec: str) -> Tensor:
     qmax = QMAX[codec]
     if q.numel() and int(q.abs().max()) > qmax:
         raise UpdateError(f"{name!r}: levels beyond ±{qmax}, which {codec} never sends")
-    rows = q.shape[0] if q.dim() >= 2 else 1
-    return (q.float().reshape(rows, -1) * scale[:, None]).reshape(q.shape)
+    return (q.float().reshape(_scale_rows(q.shape), -1) * scale.float()[:, None]).reshape(q.shape)
 
 
 def encode_update(
@@ -222,8 +238,7 @@ def decode_update(payload: bytes, reference: Mapping[str, Tensor], codec: str) -
         if _halved(codec, ref.dim()):
             delta = take(name, tuple(ref.shape), torch.float16).float()
         else:
-            rows = ref.shape[0] if ref.dim() >= 2 else 1
-            scale = take(name, (rows,), torch.float32)
+            scale = take(name, (_scale_rows(ref.shape),), SCALE_DTYPE)
             q = take(name, tuple(ref.shape), torch.int8)
             delta = _dequantise(name, q, scale, codec)
         value = (ref.float() + delta).to(ref.dtype)
@@ -338,7 +353,7 @@ def decode_state(
         if _halved(codec, len(shape)):
             delta = take(name, shape, torch.float16).float()
         else:
-            scale = take(name, (shape[0] if len(shape) > 1 else 1,), torch.float32)
+            scale = take(name, (_scale_rows(shape),), SCALE_DTYPE)
             delta = _dequantise(name, take(name, shape, torch.int8), scale, codec)
         base = held.get(name)
         value = delta + base if _same(base, delta) else delta
