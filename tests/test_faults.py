@@ -142,7 +142,7 @@ def _kill_process_with_args(*args: str) -> int:
 
 
 def test_launch_goes_on_without_a_client_that_died(tmp_path: Path) -> None:
-    from splitfedzip.experiments.deploy import launch
+    from splitfedzip.experiments.launch import launch
 
     cfg = load_config(None, [*TINY, "data.partition={kind: iid, clients: 2}", "train.rounds=2"])
     out = tmp_path / "run"

@@ -214,7 +214,7 @@ def _bytes_by_kind(ledger: Ledger) -> Counter:
 def test_launch_with_a_folder_per_client_matches_the_embedded_run(tmp_path, lesion_folder):
     from splitfedzip.config import load_config
     from splitfedzip.data.sites import write_site_folders
-    from splitfedzip.experiments.deploy import launch
+    from splitfedzip.experiments.launch import launch
     from splitfedzip.experiments.train import run_embedded
 
     ham = ["data.dataset=ham10000", "data.test_samples=4"]

@@ -20,7 +20,7 @@ from test_faults import TINY, _kill_process_with_args
 from splitfedzip.config import dump_config, load_config
 from splitfedzip.errors import UserError
 from splitfedzip.experiments import checkpoint
-from splitfedzip.experiments.deploy import launch
+from splitfedzip.experiments.launch import launch
 from splitfedzip.metrics.ledger import Ledger
 
 OVERRIDES = [*TINY, "data.partition={kind: iid, clients: 2}", "train.rounds=2"]

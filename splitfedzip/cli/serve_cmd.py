@@ -259,7 +259,7 @@ def run_launch(args: argparse.Namespace) -> int:
     if args.test_root:
         overrides.append(f"data.test_root={json.dumps(str(args.test_root))}")
     cfg = load_config(args.config, overrides)
-    from ..experiments.deploy import launch
+    from ..experiments.launch import launch
 
     try:
         result = launch(

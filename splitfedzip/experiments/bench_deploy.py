@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Config
-from .deploy import launch
+from .launch import launch
 from .train import run_embedded, write_outputs
 
 KEYS = ("train_batches", "train_batches_per_second", "wall_seconds", "test_mji", "bytes_split")
