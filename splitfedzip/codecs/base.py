@@ -8,6 +8,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+#: State-dict name endings of the entropy coders' tables: derived from the weights (``update``)
+#: and sized by them, so never averaged, saved or compared as weights.
+ENTROPY_TABLES = ("_quantized_cdf", "_offset", "_cdf_length", "scale_table")
+
 
 class CodecError(ValueError):
     """A tensor or bitstream that a codec cannot take."""

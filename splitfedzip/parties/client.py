@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from ..codecs import codec_id
+from ..codecs.base import ENTROPY_TABLES
 from ..config import Config
 from ..errors import RunFailure
 from ..federation.weights import (
@@ -279,8 +280,7 @@ class Client:
         self.sampled = clients_of(head, "train") if "train" in head else None
         state = self._global_state(ids.round, head, reply[1:])
         missing, unexpected = self.model.load_state_dict(state, strict=False)
-        tables = ("_quantized_cdf", "_offset", "_cdf_length", "scale_table")
-        if unexpected or any(not k.endswith(tables) for k in missing):
+        if unexpected or any(not k.endswith(ENTROPY_TABLES) for k in missing):
             raise RuntimeError(
                 f"global weights do not fit the client model: {missing or unexpected}"
             )

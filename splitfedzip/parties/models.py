@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from ..codecs import Codec, make_codec
+from ..codecs.base import ENTROPY_TABLES
 from ..config import Config
 from ..models import BackEnd, FrontEnd, ServerPart, build_split_unet, split_channels
 from .pretrained import load_pretrained
@@ -12,8 +13,6 @@ from .rng import seeded
 
 # Scheme -> which of (features, gradients) are compressed.
 SCHEMES = {"nc": (False, False), "f": (True, False), "g": (False, True), "fg": (True, True)}
-# Entropy-coder tables: derived from the weights, sized by them, never averaged.
-_TABLES = ("_quantized_cdf", "_offset", "_cdf_length", "scale_table")
 
 
 def crossing_codec(cfg: Config, kind: str) -> Codec:
@@ -52,7 +51,11 @@ def split_shape(cfg: Config, batch: int) -> tuple[int, int, int, int]:
 
 def exchanged_state(module: nn.Module) -> dict[str, Tensor]:
     """The state a party exchanges for averaging: weights and BN statistics, no coder tables."""
-    return {k: v.detach().cpu() for k, v in module.state_dict().items() if not k.endswith(_TABLES)}
+    return {
+        k: v.detach().cpu()
+        for k, v in module.state_dict().items()
+        if not k.endswith(ENTROPY_TABLES)
+    }
 
 
 class ClientModel(nn.Module):

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..codecs.base import ENTROPY_TABLES
 from ..config import Config, ConfigError
 
 #: Checkpoint name -> (its codecs, its U-Net parts), as module attribute names.
@@ -25,8 +26,6 @@ PARTS = {
 }
 #: The head's parameters: the only U-Net tensors whose shape depends on the data set.
 HEAD = "back_end.head."
-# Entropy-coder tables: rebuilt from the weights whenever a snapshot is taken, never saved.
-_TABLES = ("_quantized_cdf", "_offset", "_cdf_length", "scale_table")
 
 
 class PretrainedError(ConfigError):
@@ -59,7 +58,7 @@ def load_pretrained(module: nn.Module, cfg: Config, name: str) -> None:
     prefixes = tuple(f"{p}." for p in wanted)
     chosen, head = {}, []
     for key, value in module.state_dict().items():
-        if not key.startswith(prefixes) or key.endswith(_TABLES):
+        if not key.startswith(prefixes) or key.endswith(ENTROPY_TABLES):
             continue
         if key not in saved:
             raise PretrainedError(
