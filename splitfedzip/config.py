@@ -98,6 +98,12 @@ class CodecConfig:
     entropy_lr: float | None = None
     #: Initial width of the factorized priors' densities (CompressAI's ``init_scale``).
     init_scale: float = 10.0
+    #: ``ae``, ``cheng2020-attn``: a learned per-channel gain exp(g) on the latent before
+    #: quantisation (and exp(-g) after), g started at log(latent_gain) and trained at
+    #: ``entropy_lr``; None: none (the paper's models).
+    latent_gain: float | None = None
+    #: Learning rate of the latent gains; None: ``entropy_lr`` (or ``lr`` where that is unset).
+    latent_gain_lr: float | None = None
     #: Clip the codec's gradient to this norm before each step (CompressAI trains with 1.0).
     clip_norm: float | None = None
     #: Extra rate-distortion steps per training batch on the tensor the sender already holds.
@@ -391,6 +397,14 @@ def _validate(cfg: Config) -> Config:
     need(o.lr > 0 and o.aux_lr > 0, "codec_options.lr and aux_lr: must be > 0")
     need(o.entropy_lr is None or o.entropy_lr > 0, "codec_options.entropy_lr: must be > 0")
     need(o.init_scale > 0, f"codec_options.init_scale: must be > 0, got {o.init_scale}")
+    need(
+        o.latent_gain is None or o.latent_gain > 0,
+        f"codec_options.latent_gain: must be > 0 or null, got {o.latent_gain}",
+    )
+    need(
+        o.latent_gain_lr is None or o.latent_gain_lr > 0,
+        "codec_options.latent_gain_lr: must be > 0",
+    )
     need(o.clip_norm is None or o.clip_norm > 0, "codec_options.clip_norm: must be > 0")
     for key in ("local_steps", "warmup_steps", "sync_every"):
         need(getattr(o, key) >= 0, f"codec_options.{key}: must be >= 0, got {getattr(o, key)}")

@@ -119,6 +119,32 @@ def test_decoder_state_transfers_to_a_fresh_codec(name):
         assert torch.equal(receiver.decompress(sender.compress(x), (1, 4, 64, 64)), sender(x).x_hat)
 
 
+@pytest.mark.parametrize("name", ["ae", "cheng2020-attn"])
+@pytest.mark.parametrize("normalize", [False, True])
+def test_latent_gain_codes_exactly_and_crosses_with_the_decoder(name, normalize):
+    torch.manual_seed(0)
+    shape = (2, 4, 64, 64)
+    sender = make_codec(name, 4, latent_channels=8, latent_gain=16.0, normalize=normalize)
+    receiver = make_codec(name, 4, latent_channels=8, latent_gain=1.0, normalize=normalize)
+    x = smooth(shape)
+    fit(sender, x, 5)
+    prefix = "inner." if normalize else ""
+    gain = dict(sender.named_parameters())[prefix + "latent_gain.log_gain"]
+    with torch.no_grad():  # unequal gains per channel, as training leaves them
+        gain.add_(torch.linspace(-1, 1, 8))
+    sender.update()
+    with torch.no_grad():
+        ref = sender(x)
+        data = sender.compress(x)
+        assert torch.equal(sender.decompress(data, shape), ref.x_hat)
+        state = sender.decoder_state()
+        assert torch.equal(state[prefix + "latent_gain.log_gain"], gain)
+        assert not any(".g_a." in k for k in state)
+        receiver.load_decoder_state(state)
+        receiver.eval()
+        assert torch.equal(receiver.decompress(data, shape), ref.x_hat)
+
+
 @pytest.mark.parametrize("name", CODEC_NAMES)
 def test_a_codec_survives_a_round_checkpoint(name):
     # Round checkpoints pickle whole parties, codecs included (parties/state.py).

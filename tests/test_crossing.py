@@ -85,6 +85,21 @@ def test_local_steps_lower_the_rate_and_entropy_lr_is_its_own_group():
     assert rates[1] < 0.8 * rates[0]
 
 
+@pytest.mark.parametrize("name", ["ae", "cheng2020-attn"])
+def test_the_latent_gain_trains_at_entropy_lr(name):
+    codec = make_codec(name, 4, latent_channels=8, latent_gain=4.0)
+    sender = CodecSender(codec, 1.0, CodecConfig(entropy_lr=1e-2, lr=1e-3, latent_gain=4.0))
+    slow, fast = sender.opt.param_groups
+    assert (slow["lr"], fast["lr"]) == (1e-3, 1e-2)
+    assert any(p is codec.latent_gain.log_gain for p in fast["params"])
+    assert not any(p is codec.latent_gain.log_gain for p in slow["params"])
+    codec = make_codec(name, 4, latent_channels=8, latent_gain=4.0)
+    opts = CodecConfig(entropy_lr=1e-2, lr=1e-3, latent_gain=4.0, latent_gain_lr=0.1)
+    groups = CodecSender(codec, 1.0, opts).opt.param_groups
+    assert [g["lr"] for g in groups] == [1e-3, 1e-2, 0.1]
+    assert groups[2]["params"] == [codec.latent_gain.log_gain]
+
+
 def test_clip_norm_bounds_the_gradient_each_step_applies():
     sender, _ = pair(clip_norm=1e-3)
     seen = []

@@ -40,6 +40,30 @@ class CodecOutput:
         return total
 
 
+class LatentGain(nn.Module):
+    """A learned gain per latent channel (Cui et al. 2021, "Asymmetric gained deep image
+    compression with continuous rate adaptation"): the analysis transform's latents are
+    multiplied by exp(g) before quantisation, the decoded ones by exp(-g) before synthesis.
+
+    One scalar per channel sets the latents' scale against the quantisation step, which a deep
+    transform at a small learning rate moves only slowly. ``g`` starts at log(``gain``).
+    """
+
+    def __init__(self, channels: int, gain: float) -> None:
+        super().__init__()
+        if not gain > 0:
+            raise ValueError(f"latent gain must be > 0, got {gain}")
+        self.log_gain = nn.Parameter(torch.full((channels,), math.log(gain)))
+
+    def scale(self, y: Tensor) -> Tensor:
+        """y * exp(g), per channel (the encoder side)."""
+        return y * self.log_gain.exp().view(1, -1, 1, 1)
+
+    def unscale(self, y_hat: Tensor) -> Tensor:
+        """y_hat * exp(-g), per channel (the decoder side)."""
+        return y_hat * self.log_gain.neg().exp().view(1, -1, 1, 1)
+
+
 class Codec(nn.Module):
     """A learned (or identity) codec for one tensor crossing a split point.
 

@@ -12,7 +12,7 @@ from compressai.models import Cheng2020Attention
 from compressai.models.base import get_scale_table
 from torch import Tensor, nn
 
-from .base import Codec, CodecOutput
+from .base import Codec, CodecOutput, LatentGain
 from .streams import SymbolReader, SymbolWriter, bottleneck_medians, tables
 
 _KERNEL = 5  # context model (masked conv) kernel
@@ -48,6 +48,11 @@ class Cheng2020AttentionCodec(Codec):
     (:meth:`_scan`): each latent is rounded around the mean that the context model predicts
     from the latents decoded before it, so all three give bit-identical reconstructions.
     (CompressAI's own eval forward rounds without the means and would not match.)
+
+    With ``latent_gain`` set, a learned per-channel gain (:class:`LatentGain`, started at that
+    value) scales the analysis transform's latents before quantisation and the decoded latents
+    back before synthesis; the receiver needs it, so it is part of the decoder state. None (the
+    default) is the paper's model, without it.
     """
 
     name = "cheng2020-attn"
@@ -61,7 +66,13 @@ class Cheng2020AttentionCodec(Codec):
         "net.gaussian_conditional.",
     )
 
-    def __init__(self, channels: int, latent_channels: int = 64, init_scale: float = 10.0) -> None:
+    def __init__(
+        self,
+        channels: int,
+        latent_channels: int = 64,
+        init_scale: float = 10.0,
+        latent_gain: float | None = None,
+    ) -> None:
         super().__init__()
         n = latent_channels
         self.net = Cheng2020Attention(N=n)
@@ -70,21 +81,51 @@ class Cheng2020AttentionCodec(Codec):
         # The hyper-latent's factorized prior; its initialisation draws no random numbers.
         self.net.entropy_bottleneck = EntropyBottleneck(n, init_scale=init_scale)
         make_picklable(self.net)
+        self.latent_gain = None if latent_gain is None else LatentGain(n, latent_gain)
+        if self.latent_gain is not None:
+            self.decoder_prefixes = (*type(self).decoder_prefixes, "latent_gain.")
+
+    def _analysis(self, x: Tensor) -> Tensor:
+        """The latent y: g_a, then the gain if any."""
+        y = self.net.g_a(x)
+        return y if self.latent_gain is None else self.latent_gain.scale(y)
+
+    def _synthesis(self, y_hat: Tensor) -> Tensor:
+        """The reconstruction: the inverse gain if any, then g_s."""
+        if self.latent_gain is not None:
+            y_hat = self.latent_gain.unscale(y_hat)
+        return self.net.g_s(y_hat)
+
+    def _train_forward(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """CompressAI's parallel noisy forward (JointAutoregressiveHierarchicalPriors), with
+        the gain around the quantised latent."""
+        net = self.net
+        if self.latent_gain is None:
+            out = net(x)
+            return out["x_hat"], out["likelihoods"]
+        y = self._analysis(x)
+        z_hat, z_lik = net.entropy_bottleneck(net.h_a(y))
+        params = net.h_s(z_hat)
+        y_hat = net.gaussian_conditional.quantize(y, "noise")
+        ctx = net.context_prediction(y_hat)
+        gp = net.entropy_parameters(torch.cat((params, ctx), dim=1))
+        scales, means = gp.chunk(2, 1)
+        _, y_lik = net.gaussian_conditional(y, scales, means=means)
+        return self._synthesis(y_hat), {"y": y_lik, "z": z_lik}
 
     def forward(self, x: Tensor) -> CodecOutput:
         """Training: CompressAI's parallel noisy forward. Eval: the exact raster scan."""
         self.check_shape(x.shape)
         if self.training:
-            out = self.net(x)
-            x_hat, lik = out["x_hat"], out["likelihoods"]
+            x_hat, lik = self._train_forward(x)
         else:
             net = self.net
-            y = net.g_a(x)
+            y = self._analysis(x)
             z_hat, z_lik = net.entropy_bottleneck(net.h_a(y))
             y_hat, scales, means = self._scan(y, net.h_s(z_hat))
             y_lik = net.gaussian_conditional._likelihood(y_hat, scales, means)
             y_lik = net.gaussian_conditional.likelihood_lower_bound(y_lik)
-            x_hat = net.g_s(y_hat)
+            x_hat = self._synthesis(y_hat)
             lik = {"y": y_lik, "z": z_lik}
         return CodecOutput(x_hat, lik, nn.functional.mse_loss(x_hat, x))
 
@@ -144,7 +185,7 @@ class Cheng2020AttentionCodec(Codec):
         self.check_shape(x.shape)
         net = self.net
         eb, gc = net.entropy_bottleneck, net.gaussian_conditional
-        y = net.g_a(x)
+        y = self._analysis(x)
         z = net.h_a(y)
         _, z_lik = eb(z, training=False)
         writer = SymbolWriter()
@@ -178,4 +219,4 @@ class Cheng2020AttentionCodec(Codec):
                 return reader.read(gc.build_indexes(s), gaussian).to(s.device, s.dtype)
 
             y_hat, _, _ = self._scan(None, net.h_s(z_hat), step)
-        return net.g_s(y_hat)
+        return self._synthesis(y_hat)

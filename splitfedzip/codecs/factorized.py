@@ -10,7 +10,7 @@ from compressai.layers import GDN
 from compressai.models.utils import conv, deconv
 from torch import Tensor, nn
 
-from .base import Codec, CodecOutput
+from .base import Codec, CodecOutput, LatentGain
 from .streams import SymbolReader, SymbolWriter
 
 
@@ -37,23 +37,45 @@ def synthesis(latent: int, channels: int) -> nn.Sequential:
 
 
 class FactorizedPriorCodec(Codec):
-    """Analysis transform -> entropy bottleneck (factorized prior) -> synthesis transform."""
+    """Analysis transform -> entropy bottleneck (factorized prior) -> synthesis transform.
+
+    ``latent_gain``: as for ``cheng2020-attn``, a learned per-channel gain around the
+    quantised latent (:class:`LatentGain`), part of the decoder state; None: none.
+    """
 
     name = "ae"
     alignment = 8
     decoder_prefixes = ("g_s.", "entropy_bottleneck.")
 
-    def __init__(self, channels: int, latent_channels: int = 64, init_scale: float = 10.0) -> None:
+    def __init__(
+        self,
+        channels: int,
+        latent_channels: int = 64,
+        init_scale: float = 10.0,
+        latent_gain: float | None = None,
+    ) -> None:
         super().__init__()
         self.g_a = analysis(channels, latent_channels)
         self.g_s = synthesis(latent_channels, channels)
         self.entropy_bottleneck = EntropyBottleneck(latent_channels, init_scale=init_scale)
+        self.latent_gain = None if latent_gain is None else LatentGain(latent_channels, latent_gain)
+        if self.latent_gain is not None:
+            self.decoder_prefixes = (*type(self).decoder_prefixes, "latent_gain.")
+
+    def _analysis(self, x: Tensor) -> Tensor:
+        y = self.g_a(x)
+        return y if self.latent_gain is None else self.latent_gain.scale(y)
+
+    def _synthesis(self, y_hat: Tensor) -> Tensor:
+        if self.latent_gain is not None:
+            y_hat = self.latent_gain.unscale(y_hat)
+        return self.g_s(y_hat)
 
     def forward(self, x: Tensor) -> CodecOutput:
         """Noisy (train) or rounded (eval) reconstruction with the latent's likelihoods."""
         self.check_shape(x.shape)
-        y_hat, y_lik = self.entropy_bottleneck(self.g_a(x))
-        x_hat = self.g_s(y_hat)
+        y_hat, y_lik = self.entropy_bottleneck(self._analysis(x))
+        x_hat = self._synthesis(y_hat)
         return CodecOutput(x_hat, {"y": y_lik}, nn.functional.mse_loss(x_hat, x))
 
     def update(self) -> None:
@@ -68,7 +90,7 @@ class FactorizedPriorCodec(Codec):
     def encode(self, x: Tensor) -> tuple[bytes, float]:
         """One rANS stream for the whole batch, and the likelihood estimate of its size."""
         self.check_shape(x.shape)
-        y = self.g_a(x)
+        y = self._analysis(x)
         _, lik = self.entropy_bottleneck(y, training=False)
         est = float(torch.log2(lik).sum().neg())
         writer = SymbolWriter()
@@ -84,4 +106,4 @@ class FactorizedPriorCodec(Codec):
         latent = (b, eb.channels, h // 8, w // 8)
         with SymbolReader(data, self.name, symbols=math.prod(latent)) as reader:
             y_hat = reader.read_bottleneck(eb, latent)
-        return self.g_s(y_hat.to(next(self.parameters()).device))
+        return self._synthesis(y_hat.to(next(self.parameters()).device))

@@ -36,6 +36,7 @@ def make_codec(
     latent_channels: int = 64,
     normalize: bool = False,
     init_scale: float = 10.0,
+    latent_gain: float | None = None,
     bits: int = 8,
     scale: Scale = "tensor",
     topk_fraction: float = 0.1,
@@ -46,6 +47,8 @@ def make_codec(
 
     ``init_scale`` is the initial width of the factorized prior's density (CompressAI's default
     is 10); latents much narrower than that cost bits until the density has learned their scale.
+    ``latent_gain`` (``ae``, ``cheng2020-attn``): a learned per-channel gain on the latent,
+    started at this value (:class:`~.base.LatentGain`); None: none.
     The other options are the classic codecs' (``codec_options`` in docs/codecs.md).
     """
     if name not in _CLASSES:
@@ -61,7 +64,9 @@ def make_codec(
     elif name == "randtopk":
         codec = RandTopKCodec(topk_fraction, topk_value_bits, scale, randtopk_alpha)
     else:
-        codec = _CLASSES[name](channels, latent_channels, init_scale=init_scale)
+        codec = _CLASSES[name](
+            channels, latent_channels, init_scale=init_scale, latent_gain=latent_gain
+        )
     return NormalizedCodec(codec) if normalize and codec.learned else codec
 
 

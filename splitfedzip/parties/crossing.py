@@ -108,7 +108,8 @@ class CodecSender:
         """Fresh Adam states (each federated round starts from averaged weights).
 
         Three groups: the transforms at ``lr``, the entropy models' densities at ``entropy_lr``
-        and, in the auxiliary optimiser, the bottlenecks' quantiles at ``aux_lr``. A classic
+        (and the latent gains, one scalar per channel, at ``latent_gain_lr``, by default the
+        same) and, in the auxiliary optimiser, the bottlenecks' quantiles at ``aux_lr``. A classic
         codec's error-feedback residual is dropped: it came from the weights being replaced.
         """
         if self._feedback is not None:
@@ -119,9 +120,17 @@ class CodecSender:
         o = self.opts
         named = list(self.live.named_parameters())
         aux = [p for n, p in named if n.endswith("quantiles")]
+        gain = [p for n, p in named if "latent_gain" in n]
         density = [p for n, p in named if "entropy_bottleneck" in n and not n.endswith("quantiles")]
-        rest = [p for n, p in named if "entropy_bottleneck" not in n]
-        groups = [{"params": rest, "lr": o.lr}, {"params": density, "lr": o.entropy_lr or o.lr}]
+        rest = [p for n, p in named if "entropy_bottleneck" not in n and "latent_gain" not in n]
+        fast = o.entropy_lr or o.lr
+        if o.latent_gain_lr is None or o.latent_gain_lr == fast:
+            density, gain = density + gain, []
+        groups = [
+            {"params": rest, "lr": o.lr},
+            {"params": density, "lr": fast},
+            {"params": gain, "lr": o.latent_gain_lr},
+        ]
         self.opt = torch.optim.Adam([g for g in groups if g["params"]])
         self.aux_opt = torch.optim.Adam(aux, lr=o.aux_lr)
 

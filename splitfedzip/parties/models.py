@@ -26,6 +26,7 @@ def crossing_codec(cfg: Config, kind: str) -> Codec:
         latent_channels=opts.latent_channels,
         normalize=kind == "gradient" or opts.normalize_features,
         init_scale=opts.init_scale,
+        latent_gain=opts.latent_gain,
         bits=opts.bits,
         scale=opts.scale,
         topk_fraction=opts.topk_fraction,
