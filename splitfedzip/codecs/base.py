@@ -95,6 +95,21 @@ class Codec(nn.Module):
                 f"(minimum size {a}x{a}); got {h}x{w}"
             )
 
+    def set_latent_gain(self, channels: int, gain: float | None) -> None:
+        """Give the latent a learned per-channel gain started at ``gain`` (None: none); the
+        receiver applies its inverse, so it joins what a codec sync carries."""
+        self.latent_gain = None if gain is None else LatentGain(channels, gain)
+        if self.latent_gain is not None:
+            self.decoder_prefixes = (*type(self).decoder_prefixes, "latent_gain.")
+
+    def gained(self, y: Tensor) -> Tensor:
+        """The latent to quantise: ``y`` times the gain, if any."""
+        return y if self.latent_gain is None else self.latent_gain.scale(y)
+
+    def ungained(self, y_hat: Tensor) -> Tensor:
+        """The decoded latent divided by the gain, if any, for the synthesis transform."""
+        return y_hat if self.latent_gain is None else self.latent_gain.unscale(y_hat)
+
     def update(self) -> None:
         """Rebuild the entropy coder's tables from the current weights."""
 

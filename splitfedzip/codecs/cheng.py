@@ -12,7 +12,7 @@ from compressai.models import Cheng2020Attention
 from compressai.models.base import get_scale_table
 from torch import Tensor, nn
 
-from .base import Codec, CodecOutput, LatentGain
+from .base import Codec, CodecOutput
 from .streams import SymbolReader, SymbolWriter, bottleneck_medians, tables
 
 _KERNEL = 5  # context model (masked conv) kernel
@@ -81,20 +81,15 @@ class Cheng2020AttentionCodec(Codec):
         # The hyper-latent's factorized prior; its initialisation draws no random numbers.
         self.net.entropy_bottleneck = EntropyBottleneck(n, init_scale=init_scale)
         make_picklable(self.net)
-        self.latent_gain = None if latent_gain is None else LatentGain(n, latent_gain)
-        if self.latent_gain is not None:
-            self.decoder_prefixes = (*type(self).decoder_prefixes, "latent_gain.")
+        self.set_latent_gain(n, latent_gain)
 
     def _analysis(self, x: Tensor) -> Tensor:
         """The latent y: g_a, then the gain if any."""
-        y = self.net.g_a(x)
-        return y if self.latent_gain is None else self.latent_gain.scale(y)
+        return self.gained(self.net.g_a(x))
 
     def _synthesis(self, y_hat: Tensor) -> Tensor:
         """The reconstruction: the inverse gain if any, then g_s."""
-        if self.latent_gain is not None:
-            y_hat = self.latent_gain.unscale(y_hat)
-        return self.net.g_s(y_hat)
+        return self.net.g_s(self.ungained(y_hat))
 
     def _train_forward(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """CompressAI's parallel noisy forward (JointAutoregressiveHierarchicalPriors), with

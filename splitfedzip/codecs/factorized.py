@@ -10,7 +10,7 @@ from compressai.layers import GDN
 from compressai.models.utils import conv, deconv
 from torch import Tensor, nn
 
-from .base import Codec, CodecOutput, LatentGain
+from .base import Codec, CodecOutput
 from .streams import SymbolReader, SymbolWriter
 
 
@@ -58,18 +58,13 @@ class FactorizedPriorCodec(Codec):
         self.g_a = analysis(channels, latent_channels)
         self.g_s = synthesis(latent_channels, channels)
         self.entropy_bottleneck = EntropyBottleneck(latent_channels, init_scale=init_scale)
-        self.latent_gain = None if latent_gain is None else LatentGain(latent_channels, latent_gain)
-        if self.latent_gain is not None:
-            self.decoder_prefixes = (*type(self).decoder_prefixes, "latent_gain.")
+        self.set_latent_gain(latent_channels, latent_gain)
 
     def _analysis(self, x: Tensor) -> Tensor:
-        y = self.g_a(x)
-        return y if self.latent_gain is None else self.latent_gain.scale(y)
+        return self.gained(self.g_a(x))
 
     def _synthesis(self, y_hat: Tensor) -> Tensor:
-        if self.latent_gain is not None:
-            y_hat = self.latent_gain.unscale(y_hat)
-        return self.g_s(y_hat)
+        return self.g_s(self.ungained(y_hat))
 
     def forward(self, x: Tensor) -> CodecOutput:
         """Noisy (train) or rounded (eval) reconstruction with the latent's likelihoods."""
