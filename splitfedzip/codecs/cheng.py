@@ -12,7 +12,7 @@ from compressai.models import Cheng2020Attention
 from compressai.models.base import get_scale_table
 from torch import Tensor, nn
 
-from .base import Codec, CodecOutput
+from .base import ENTROPY_TABLES, Codec, CodecOutput
 from .streams import SymbolReader, SymbolWriter, bottleneck_medians, tables
 
 _KERNEL = 5  # context model (masked conv) kernel
@@ -166,7 +166,7 @@ class Cheng2020AttentionCodec(Codec):
     def decoder_state(self) -> dict[str, Tensor]:
         """As the base class, less the Gaussian tables: they derive from constants alone."""
         gc = "net.gaussian_conditional."
-        drop = tuple(gc + b for b in ("_quantized_cdf", "_offset", "_cdf_length", "scale_table"))
+        drop = tuple(gc + b for b in ENTROPY_TABLES)
         return {k: v for k, v in super().decoder_state().items() if not k.endswith(drop)}
 
     def load_decoder_state(self, state: dict[str, Tensor]) -> None:
