@@ -1,4 +1,4 @@
-"""``splitfedzip demo``: nc, f-ae and fg-ae on synthetic lesions, side by side."""
+"""``splitfedzip demo``: nc, f-ae, fg-ae and fg-ae with coded weights on synthetic lesions."""
 
 from __future__ import annotations
 
@@ -11,16 +11,20 @@ from .train import run_embedded, write_outputs
 
 #: The demo's base configuration (128x128 synthetic lesions, two clients, a small U-Net).
 DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
-#: Subfolder -> overrides of the base configuration. ``nc`` compresses nothing, the weights
-#: exchange included: it is the reference the others' reductions are measured against.
+#: Subfolder -> overrides of the base configuration. ``nc`` compresses nothing: it is the
+#: reference the others' reductions are measured against. f-ae and fg-ae compress the split
+#: points and exchange the weights exactly (float32), as the paper; fg-ae-int2 is fg-ae with
+#: the weights exchange coded too (ternary updates with error feedback, docs/protocol.md).
 VARIANTS = {
-    "nc": [
-        "scheme=nc",
-        "federation.weights_codec=float32",
-        "federation.weights_error_feedback=false",
-    ],
+    "nc": ["scheme=nc"],
     "f-ae": ["scheme=f", "codec=ae"],
     "fg-ae": ["scheme=fg", "codec=ae"],
+    "fg-ae-int2": [
+        "scheme=fg",
+        "codec=ae",
+        "federation.weights_codec=int2",
+        "federation.weights_error_feedback=true",
+    ],
 }
 
 
