@@ -111,7 +111,7 @@ def _demo(args: argparse.Namespace) -> int:
     table = demo_table(summaries)
     (out / "table.txt").write_text(table + "\n")
     print(table)
-    print(f"wrote {out}/{{nc,f-ae,fg-ae}}/ and {out}/table.txt")
+    print(f"wrote {out}/{{{','.join(summaries)}}}/ and {out}/table.txt")
     return 0
 
 
