@@ -15,16 +15,19 @@ DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
 #: reference the others' reductions are measured against. f-ae and fg-ae compress the split
 #: points and exchange the weights exactly (float32), as the paper; fg-ae-int2 is fg-ae with
 #: the weights exchange coded too (ternary updates with error feedback, docs/protocol.md).
+#: The exchange is each variant's own, whatever ``--set`` says (a weights option set for the
+#: coded variant, e.g. ``federation.weights_keep``, must not reach the exact ones).
+EXACT = [
+    "federation.weights_codec=float32",
+    "federation.weights_error_feedback=false",
+    "federation.weights_keep=1",
+]
+CODED = ["federation.weights_codec=int2", "federation.weights_error_feedback=true"]
 VARIANTS = {
-    "nc": ["scheme=nc"],
-    "f-ae": ["scheme=f", "codec=ae"],
-    "fg-ae": ["scheme=fg", "codec=ae"],
-    "fg-ae-int2": [
-        "scheme=fg",
-        "codec=ae",
-        "federation.weights_codec=int2",
-        "federation.weights_error_feedback=true",
-    ],
+    "nc": ["scheme=nc", *EXACT],
+    "f-ae": ["scheme=f", "codec=ae", *EXACT],
+    "fg-ae": ["scheme=fg", "codec=ae", *EXACT],
+    "fg-ae-int2": ["scheme=fg", "codec=ae", *CODED],
 }
 
 
