@@ -188,7 +188,7 @@ def launch(
     # The main server and the clients compute at once on this machine's cores: each gets an
     # equal share of threads (OpenMP teams larger than that collapse when they contend).
     threads = str(max(1, (os.cpu_count() or 1) // (n + 1)))
-    base_env = dict(os.environ) | {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", threads)}
+    base_env = dict(os.environ) | {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS") or threads}
     procs = _Processes(logs)
     failed: list[dict[str, object]] = []
     restarted: list[dict[str, object]] = []
