@@ -101,9 +101,10 @@ def _scale_rows(shape: tuple[int, ...] | torch.Size) -> int:
 
 
 def _levels(delta: Tensor, codec: str, keep: float = 1.0) -> tuple[Tensor, Tensor]:
-    # Per output channel (dim 0) for weight tensors, per tensor for vectors: the rows of a
-    # convolution differ in range by orders of magnitude. Levels are stored one per byte
-    # whatever their number: xz packs the few distinct values of int4 and int2 by itself.
+    # Per output channel (dim 0) for weight tensors (_scale_rows), per tensor for vectors and
+    # short channels: the rows of a convolution differ in range by orders of magnitude. Levels
+    # are stored one per byte whatever their number: xz packs the few distinct values of int4
+    # and int2 by itself.
     qmax = QMAX[codec]
     rows = delta.reshape(_scale_rows(delta.shape), -1)
     if qmax == 1:
