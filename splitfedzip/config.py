@@ -195,6 +195,10 @@ class FederationConfig:
     #: rest as 0 (sparse ternary compression); 1: as many as minimise the error. Codec syncs
     #: follow it too.
     weights_keep: float = 1.0
+    #: The codec of round 0's exchange (the submissions from the initial model and the first
+    #: global update: a run's largest updates, whose ternary error set the first global model
+    #: back, docs/benchmarks.md); unset: ``weights_codec``.
+    weights_codec_first: Literal["float16", "int8", "int4", "int2"] | None = None
     #: Clients drawn (seeded) to train in each round: a number (>= 1) or a fraction (0 to 1);
     #: unset, every client trains. Every client still validates each global model.
     clients_per_round: int | float | None = None
@@ -213,6 +217,12 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
     codec_training: CodecTrainingConfig = field(default_factory=CodecTrainingConfig)
+
+    def weights_codec_of(self, r: int) -> str:
+        """The codec of round ``r``'s weights exchange: its submissions, and the global
+        update they average into (to model ``r + 1``)."""
+        first = self.federation.weights_codec_first
+        return first if r == 0 and first is not None else self.federation.weights_codec
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-dict form with the YAML key names (``lambda``, ``codec_options``)."""
@@ -371,6 +381,11 @@ def _validate(cfg: Config) -> Config:
         not cfg.federation.weights_error_feedback or cfg.federation.weights_codec != "float32",
         "federation.weights_error_feedback: the float32 exchange loses nothing to feed back; "
         "choose a lossy federation.weights_codec or set it to false",
+    )
+    need(
+        cfg.federation.weights_codec_first is None or cfg.federation.weights_codec != "float32",
+        "federation.weights_codec_first: the float32 exchange codes no round; choose a lossy "
+        "federation.weights_codec or leave it unset",
     )
     keep = cfg.federation.weights_keep
     need(

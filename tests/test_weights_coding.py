@@ -185,6 +185,33 @@ def test_error_feedback_runs_and_needs_a_lossy_exchange():
         load_config(None, [*TINY, "federation.weights_error_feedback=true"])
 
 
+def test_the_first_round_crosses_with_its_own_codec(monkeypatch):
+    clients = []
+    real = train.Client
+
+    def spy(*a, **k):
+        clients.append(real(*a, **k))
+        return clients[-1]
+
+    monkeypatch.setattr(train, "Client", spy)
+    sets = ["federation.weights_codec=int2", "federation.weights_codec_first=int8"]
+    cfg = load_config(None, [*TINY, *sets, "federation.weights_error_feedback=true"])
+    assert [cfg.weights_codec_of(r) for r in range(3)] == ["int8", "int2", "int2"]
+    run_embedded(cfg)
+    server = clients[0].federation._handler
+    # Round 0's update to global 1 is int8, round 1's to global 2 ternary; round 0's
+    # submissions decoded as int8 too, or the server would have refused them.
+    for r, codec, other in ((1, "int8", "int2"), (2, "int2", "int8")):
+        held = decode_update(server.updates[r], server.globals[r - 1], codec)
+        assert state_digest(held) == server.digest(r)
+        with pytest.raises(UpdateError):
+            decode_update(server.updates[r], server.globals[r - 1], other)
+    for c in clients:
+        assert state_digest(c.reference[1]) == server.digest(2)
+    with pytest.raises(ConfigError, match="federation.weights_codec_first"):
+        load_config(None, [*TINY, "federation.weights_codec_first=int8"])
+
+
 def _recoded(payload: bytes, values: bytes) -> bytes:
     """``payload``'s declared size ahead of an xz stream of other ``values``."""
     return payload[:8] + lzma.compress(values)

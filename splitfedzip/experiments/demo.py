@@ -14,15 +14,21 @@ DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
 #: Subfolder -> overrides of the base configuration. ``nc`` compresses nothing: it is the
 #: reference the others' reductions are measured against. f-ae and fg-ae compress the split
 #: points and exchange the weights exactly (float32), as the paper; fg-ae-int2 is fg-ae with
-#: the weights exchange coded too (ternary updates with error feedback, docs/protocol.md).
+#: the weights exchange coded too (ternary updates with error feedback, round 0's in int4:
+#: docs/protocol.md).
 #: The exchange is each variant's own, whatever ``--set`` says (a weights option set for the
 #: coded variant, e.g. ``federation.weights_keep``, must not reach the exact ones).
 EXACT = [
     "federation.weights_codec=float32",
     "federation.weights_error_feedback=false",
     "federation.weights_keep=1",
+    "federation.weights_codec_first=null",
 ]
-CODED = ["federation.weights_codec=int2", "federation.weights_error_feedback=true"]
+CODED = [
+    "federation.weights_codec=int2",
+    "federation.weights_error_feedback=true",
+    "federation.weights_codec_first=int4",
+]
 VARIANTS = {
     "nc": ["scheme=nc", *EXACT],
     "f-ae": ["scheme=f", "codec=ae", *EXACT],
@@ -32,7 +38,7 @@ VARIANTS = {
 
 
 def demo_configs(overrides: list[str] | None = None) -> dict[str, Config]:
-    """The three configurations the demo runs."""
+    """The configurations the demo runs, by variant."""
     return {
         name: load_config(DEMO_CONFIG, [*(overrides or []), *extra])
         for name, extra in VARIANTS.items()

@@ -245,14 +245,15 @@ class Client:
         else:
             # The update to the global model this round started from, which the server holds.
             held, state = self.reference
+            codec = cfg.weights_codec_of(ids.round)
             payload, _, lost = encode_feedback(
                 exchanged_state(self.model),
                 state,
-                self.weights_codec,
+                codec,
                 self.weights_residual,
                 cfg.federation.weights_keep,
             )
-            message += coded_weights_frame(ids, WEIGHTS_CODECS[self.weights_codec], held, payload)
+            message += coded_weights_frame(ids, WEIGHTS_CODECS[codec], held, payload)
         ack = control_of(frames(await self.federation.request(message))[0], "ack")
         if cfg.federation.weights_error_feedback and ack["accepted"]:
             # A submission the round closed before was dropped whole, as a float32 one would
@@ -300,16 +301,17 @@ class Client:
             state = reference
         else:
             h = expect(rest[0], Kind.WEIGHTS, "the global model").header
+            codec = self.cfg.weights_codec_of(r - 1)
             if h.codec == 0:
                 state = state_of(rest[0])
-            elif h.codec_version != held or h.codec != WEIGHTS_CODECS[self.weights_codec]:
+            elif h.codec_version != held or h.codec != WEIGHTS_CODECS[codec]:
                 raise ProtocolError(
                     f"round {r}: global update with codec {h.codec} to model {h.codec_version}, "
-                    f"this client holds model {held} and decodes {self.weights_codec}"
+                    f"this client holds model {held} and decodes {codec}"
                 )
             else:
                 try:
-                    state = decode_update(rest[0].payload, reference, self.weights_codec)
+                    state = decode_update(rest[0].payload, reference, codec)
                 except UpdateError as e:
                     raise ProtocolError(f"round {r}: global update: {e}") from None
         if state_digest(state) != head.get("digest"):

@@ -174,9 +174,8 @@ class FederationServer(Handler):
             if have == r:
                 return b""
             if have == r - 1 and r in self.updates:
-                return coded_weights_frame(
-                    ids, WEIGHTS_CODECS[self.weights_codec], have, self.updates[r]
-                )
+                codec = WEIGHTS_CODECS[self.cfg.weights_codec_of(r - 1)]
+                return coded_weights_frame(ids, codec, have, self.updates[r])
         return weights_frame(ids, self.globals[r])
 
     async def disconnected(self, client: int) -> None:
@@ -220,12 +219,13 @@ class FederationServer(Handler):
         h = frame.header
         if h.kind != Kind.WEIGHTS or h.codec == 0:
             return state_of(frame)
-        if h.codec != WEIGHTS_CODECS[self.weights_codec] or h.codec_version != r:
+        codec = self.cfg.weights_codec_of(r)
+        if h.codec != WEIGHTS_CODECS[codec] or h.codec_version != r:
             raise UpdateError(
                 f"an update with weights codec {h.codec} to global model {h.codec_version}; "
-                f"this server decodes {self.weights_codec} updates to global model {r}"
+                f"this server decodes {codec} updates to global model {r}"
             )
-        return decode_update(frame.payload, self.globals[r], self.weights_codec)
+        return decode_update(frame.payload, self.globals[r], codec)
 
     def _record(self) -> dict:
         """The best_global answer: the round chosen, each round's participants and validation,
@@ -298,7 +298,7 @@ class FederationServer(Handler):
                     coded, self.globals[r + 1], lost = encode_feedback(
                         average,
                         self.globals[r],
-                        self.weights_codec,
+                        self.cfg.weights_codec_of(r),
                         self.weights_residual,
                         self.cfg.federation.weights_keep,
                     )
