@@ -56,6 +56,20 @@ def _models(seed: int = 0):
     return ref, new
 
 
+def _run_watched(cfg):
+    """``run_embedded(cfg)`` and the clients it built (their servers are reachable from them)."""
+    clients = []
+    real = train.Client
+
+    def spy(*a, **k):
+        clients.append(real(*a, **k))
+        return clients[-1]
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(train, "Client", spy)
+        return run_embedded(cfg), clients
+
+
 @pytest.mark.parametrize(
     "codec, tolerance", [("float16", 1e-3), ("int8", 1 / 127), ("int4", 1 / 7), ("int2", 2 / 1)]
 )
@@ -159,21 +173,12 @@ def test_error_feedback_sends_late_what_each_update_lost():
 
 
 def test_error_feedback_runs_and_needs_a_lossy_exchange():
-    clients = []
-    real = train.Client
-
-    def spy(*a, **k):
-        clients.append(real(*a, **k))
-        return clients[-1]
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(train, "Client", spy)
-        on = [
-            "federation.weights_codec=int2",
-            "federation.weights_error_feedback=true",
-            "federation.weights_keep=0.25",
-        ]
-        run_embedded(load_config(None, [*TINY, *on]))
+    on = [
+        "federation.weights_codec=int2",
+        "federation.weights_error_feedback=true",
+        "federation.weights_keep=0.25",
+    ]
+    _, clients = _run_watched(load_config(None, [*TINY, *on]))
     server = clients[0].federation._handler
     # Every party carries a residual to the next round, and every client still reconstructs
     # the server's global model bit for bit.
@@ -185,19 +190,11 @@ def test_error_feedback_runs_and_needs_a_lossy_exchange():
         load_config(None, [*TINY, "federation.weights_error_feedback=true"])
 
 
-def test_the_first_round_crosses_with_its_own_codec(monkeypatch):
-    clients = []
-    real = train.Client
-
-    def spy(*a, **k):
-        clients.append(real(*a, **k))
-        return clients[-1]
-
-    monkeypatch.setattr(train, "Client", spy)
+def test_the_first_round_crosses_with_its_own_codec():
     sets = ["federation.weights_codec=int2", "federation.weights_codec_first=int8"]
     cfg = load_config(None, [*TINY, *sets, "federation.weights_error_feedback=true"])
     assert [cfg.weights_codec_of(r) for r in range(3)] == ["int8", "int2", "int2"]
-    run_embedded(cfg)
+    _, clients = _run_watched(cfg)
     server = clients[0].federation._handler
     # Round 0's update to global 1 is int8, round 1's to global 2 ternary; round 0's
     # submissions decoded as int8 too, or the server would have refused them.
@@ -264,16 +261,8 @@ def test_a_bad_submission_is_refused_naming_round_client_and_tensor():
 
 
 @pytest.mark.parametrize("codec", ["float16", "int8", "int2"])
-def test_every_client_holds_the_servers_global_model_bit_for_bit(monkeypatch, codec):
-    clients = []
-    real = train.Client
-
-    def spy(*a, **k):
-        clients.append(real(*a, **k))
-        return clients[-1]
-
-    monkeypatch.setattr(train, "Client", spy)
-    res = run_embedded(load_config(None, [*TINY, f"federation.weights_codec={codec}"]))
+def test_every_client_holds_the_servers_global_model_bit_for_bit(codec):
+    res, clients = _run_watched(load_config(None, [*TINY, f"federation.weights_codec={codec}"]))
     server = clients[0].federation._handler
     final = len(server.globals) - 1
     assert final == 2 and set(server.updates) == {1, 2}
