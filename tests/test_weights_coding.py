@@ -14,6 +14,7 @@ from splitfedzip.config import CodecConfig, ConfigError, load_config
 from splitfedzip.experiments import train
 from splitfedzip.experiments.train import metrics_rows, run_embedded
 from splitfedzip.federation.weights import (
+    WEIGHTS_CODECS,
     UpdateError,
     _levels,
     decode_update,
@@ -28,12 +29,14 @@ from splitfedzip.parties.messages import (
     Ids,
     coded_weights_frame,
     control_frame,
+    control_of,
     frames,
     receive,
     tensor_message,
+    weights_frame,
 )
 from splitfedzip.parties.models import ClientModel, exchanged_state
-from splitfedzip.wire import Kind, Split, pack_state
+from splitfedzip.wire import Kind, Phase, Split, pack_state
 
 TINY = [
     "data.image_size=64", "data.num_samples=12", "data.test_samples=4", "model.base_width=4",
@@ -242,6 +245,30 @@ def test_a_corrupted_or_mismatched_update_names_what_is_wrong():
         decode_update(_recoded(ternary, bytes(values)), ref, "int2")
 
 
+def test_the_tested_model_crosses_only_when_the_client_lacks_it():
+    res, clients = _run_watched(load_config(None, [*TINY, "federation.weights_codec=int8"]))
+    server = clients[0].federation._handler
+    server.val_loss = {0: 0.9, 1: 0.8, 2: 0.7}  # global 2, the last, is the best
+    ids = Ids(client=0, phase=Phase.TEST)
+
+    def ask(**held) -> list:
+        message = control_frame(ids, {"type": "best_global"} | held)
+        return frames(asyncio.run(server.handle(message, 0)).message)
+
+    digest = server.digest
+    nothing = ask(have=2, digest=digest(2))  # what every client holds after the last round
+    coded = ask(have=1, digest=digest(1))
+    whole = ask()
+    stale = ask(have=2, digest=digest(1))  # a digest that is not global 2's: sent whole
+    assert len(nothing) == 1
+    assert [f.header.codec for f in coded[1:]] == [WEIGHTS_CODECS["int8"]]
+    assert coded[1].header.codec_version == 1 and coded[1].header.round == 2
+    assert [f.header.codec for f in whole[1:]] == [f.header.codec for f in stale[1:]] == [0]
+    assert all(control_of(r[0], "best_global")["digest"] == digest(2) for r in (nothing, whole))
+    decoded = decode_update(coded[1].payload, server.globals[1], "int8")
+    assert state_digest(decoded) == digest(2)
+
+
 def test_a_bad_submission_is_refused_naming_round_client_and_tensor():
     cfg = load_config(None, [*TINY, "federation.weights_codec=int8"])
     server = FederationServer(cfg, 2, 2, deadlines=False)
@@ -273,11 +300,13 @@ def test_every_client_holds_the_servers_global_model_bit_for_bit(codec):
     weights = [r for r in res.ledger.rows if r.kind == "weights" and r.phase != "test"]
     whole = len(pack_state(server.globals[0]))
     assert weights and all(r.bytes < whole / 3 for r in weights)
+    # The test's model is the last one validated, which every client holds: nothing crosses.
+    assert not [r for r in res.ledger.rows if r.kind == "weights" and r.phase == "test"]
     # Before and after coding: each coded frame stands for the float32 frame of its model.
-    [test_frame] = [r for r in res.ledger.rows if r.kind == "weights" and r.phase == "test"]
-    assert all(r.uncoded_bytes == test_frame.bytes for r in weights)
+    float32 = len(weights_frame(Ids(), server.globals[final]))
+    assert all(r.uncoded_bytes == float32 for r in weights)
     s = res.summary
-    assert s["bytes_weights_uncoded"] == len(weights) * test_frame.bytes > s["bytes_weights"]
+    assert s["bytes_weights_uncoded"] == len(weights) * float32 > s["bytes_weights"]
     assert s["bytes_codec_sync_uncoded"] > s["bytes_codec_sync"]
     uncoded = s["bytes_weights_uncoded"] + s["bytes_codec_sync_uncoded"]
     assert s["bytes_federation_uncoded"] == uncoded

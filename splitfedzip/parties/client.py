@@ -264,10 +264,7 @@ class Client:
 
     async def _load_global(self, ids: Ids) -> list[int]:
         """Install global round ``ids.round``; returns who took part in the round before."""
-        ask: dict[str, Any] = {"type": "get_global"}
-        if self.reference is not None:
-            held, state = self.reference
-            ask |= {"have": held, "digest": state_digest(state)}
+        ask = {"type": "get_global"} | self._held()
         reply = await self._poll(self.federation, control_frame(ids, ask))
         head = control_of(reply[0], "global")
         self._build_model()
@@ -286,6 +283,14 @@ class Client:
                 f"global weights do not fit the client model: {missing or unexpected}"
             )
         return [int(c) for c in head["participants"]]
+
+    def _held(self) -> dict[str, Any]:
+        """What a request for a global model says of the one this client holds (``have``,
+        ``digest``): nothing with the float32 exchange, which always sends it whole."""
+        if self.reference is None:
+            return {}
+        held, state = self.reference
+        return {"have": held, "digest": state_digest(state)}
 
     def _global_state(self, r: int, head: dict[str, Any], rest: list[Frame]) -> dict[str, Tensor]:
         """Global model ``r`` from the reply: whole, a coded update to the reference, or (no
@@ -496,12 +501,14 @@ class Client:
         """Test the best global model (as chosen by the federation server); ``result`` also
         gets the run's record and the first ``examples`` test images with their predictions."""
         ids = Ids(client=self.cid, phase=Phase.TEST)
-        reply = await self._poll(self.federation, control_frame(ids, {"type": "best_global"}))
+        ask = {"type": "best_global"} | self._held()
+        reply = await self._poll(self.federation, control_frame(ids, ask))
         best = control_of(reply[0], "best_global")
         if result is not None:
             result.rounds, result.events = best["rounds"], best["events"]
         self._build_model()
-        self.model.load_state_dict(state_of(reply[1]), strict=False)
+        # Usually the best model is the last one validated, which this client holds.
+        self.model.load_state_dict(self._global_state(best["round"], best, reply[1:]), strict=False)
         ids = ids.at(round=best["round"])
         await self._control(self.main, ids, {"type": "test_start"})
         await self.sync(ids)

@@ -149,8 +149,11 @@ class FederationServer(Handler):
             final = self.cfg.train.rounds
             if not await self._wait(lambda: final in self.val_loss):
                 return Reply(control_frame(ids, {"type": "wait"}))
-            best = self.globals[self.best_round]
-            return Reply(control_frame(ids, self._record()) + weights_frame(ids, best))
+            head, r = self._record(), self.best_round
+            if self.weights_codec == "float32":
+                return Reply(control_frame(ids, head) + weights_frame(ids, self.globals[r]))
+            head["digest"] = self.digest(r)
+            return Reply(control_frame(ids, head) + self._global_frame(ids.at(round=r), msg))
         if kind != "bye":
             raise ProtocolError(f"federation server: unknown control message {kind!r}")
         return Reply(control_frame(ids, {"type": "ack"}))
