@@ -88,8 +88,28 @@ def register_clients(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_clients)
 
 
+def register_exchange(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``bench exchange``."""
+    p = subparsers.add_parser(
+        "exchange",
+        help="test MJI and total bytes of the coded weights exchange against float32, by seed",
+        description="At each seed, run the demo's nc, fg-ae (float32 weights exchange) and "
+        "fg-ae-int2 (the same, exchange coded), and print the coded exchange's test MJI "
+        "difference to float32 with its standard error over the seeds, and its total bytes "
+        "against nc. Runs are kept under --out; a second call resumes. Without CONFIG: the "
+        "demo's configuration.",
+    )
+    p.add_argument("config", nargs="?", help="YAML run configuration (default: the demo's)")
+    add_overrides(p, "a config key of every run")
+    p.add_argument("--seeds", default="0-4", help="a range or comma-separated (default 0-4)")
+    p.add_argument("--out", default="runs/bench-exchange", help="folder of the runs")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--json", action="store_true", help="print a JSON list of rows")
+    p.set_defaults(func=run_exchange)
+
+
 # Each entry adds one benchmark's parser to the ``bench`` subparsers and sets its ``func``.
-BENCHES = (register_codecs, register_runtime, register_deploy, register_clients)
+BENCHES = (register_codecs, register_runtime, register_deploy, register_clients, register_exchange)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -197,5 +217,36 @@ def run_clients(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, overrides)
     setup = ClientsSetup(counts, args.images_per_client, args.threads)
     rows = bench_clients(cfg, setup)
+    print(json.dumps(rows, indent=2) if args.json else format_rows(rows))
+    return 0
+
+
+def _seeds(text: str) -> tuple[int, ...]:
+    """``0-4`` or ``0,3,7``: the seeds, in order."""
+    try:
+        if "-" in text.strip("-"):
+            first, last = (int(t) for t in text.split("-", 1))
+            seeds = tuple(range(first, last + 1))
+        else:
+            seeds = tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise UserError(f"--seeds: {text!r} is neither a range (0-4) nor seeds (0,3,7)") from None
+    if not seeds or min(seeds) < 0:
+        raise UserError(f"--seeds: {text!r} gives no seeds >= 0")
+    return seeds
+
+
+def run_exchange(args: argparse.Namespace) -> int:
+    """Run the coded and float32 exchanges at each seed and print their comparison."""
+    from pathlib import Path
+
+    from ..experiments.bench_exchange import ExchangeSetup, bench_exchange, format_rows
+    from ..experiments.demo import DEMO_CONFIG
+
+    config = DEMO_CONFIG if args.config is None else Path(args.config)
+    if not config.is_file():
+        raise UserError(f"{config}: no such configuration file")
+    setup = ExchangeSetup(Path(args.out), _seeds(args.seeds), config, tuple(args.overrides))
+    rows = bench_exchange(setup, progress=not args.no_progress)
     print(json.dumps(rows, indent=2) if args.json else format_rows(rows))
     return 0

@@ -37,10 +37,12 @@ VARIANTS = {
 }
 
 
-def demo_configs(overrides: list[str] | None = None) -> dict[str, Config]:
-    """The configurations the demo runs, by variant."""
+def demo_configs(
+    overrides: list[str] | None = None, base: Path = DEMO_CONFIG
+) -> dict[str, Config]:
+    """The configurations the demo runs, by variant (``base``: the file they start from)."""
     return {
-        name: load_config(DEMO_CONFIG, [*(overrides or []), *extra])
+        name: load_config(base, [*(overrides or []), *extra])
         for name, extra in VARIANTS.items()
     }
 
