@@ -37,13 +37,10 @@ VARIANTS = {
 }
 
 
-def demo_configs(
-    overrides: list[str] | None = None, base: Path = DEMO_CONFIG
-) -> dict[str, Config]:
+def demo_configs(overrides: list[str] | None = None, base: Path = DEMO_CONFIG) -> dict[str, Config]:
     """The configurations the demo runs, by variant (``base``: the file they start from)."""
     return {
-        name: load_config(base, [*(overrides or []), *extra])
-        for name, extra in VARIANTS.items()
+        name: load_config(base, [*(overrides or []), *extra]) for name, extra in VARIANTS.items()
     }
 
 
