@@ -8,9 +8,9 @@ from splitfedzip.cli.main import main
 from splitfedzip.experiments import bench_exchange
 
 TINY = [
-    "data.image_size=64", "data.num_samples=8", "data.test_samples=2", "model.base_width=4",
+    "data.image_size=32", "data.num_samples=6", "data.test_samples=2", "model.base_width=2",
     "train.rounds=1", "train.local_epochs=1", "train.device=cpu",
-    "codec_options.latent_channels=8", "codec_options.warmup_steps=2",
+    "codec_options.latent_channels=4", "codec_options.warmup_steps=2",
 ]  # fmt: skip
 
 

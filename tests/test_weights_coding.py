@@ -73,6 +73,21 @@ def _run_watched(cfg):
         return run_embedded(cfg), clients
 
 
+@pytest.fixture(scope="module")
+def coded_run():
+    """``_run_watched`` of TINY with each weights codec, run once for the tests that read it."""
+    runs = {}
+
+    def run(codec: str):
+        if codec not in runs:
+            runs[codec] = _run_watched(
+                load_config(None, [*TINY, f"federation.weights_codec={codec}"])
+            )
+        return runs[codec]
+
+    return run
+
+
 @pytest.mark.parametrize(
     "codec, tolerance", [("float16", 1e-3), ("int8", 1 / 127), ("int4", 1 / 7), ("int2", 2 / 1)]
 )
@@ -245,10 +260,10 @@ def test_a_corrupted_or_mismatched_update_names_what_is_wrong():
         decode_update(_recoded(ternary, bytes(values)), ref, "int2")
 
 
-def test_the_tested_model_crosses_only_when_the_client_lacks_it():
-    res, clients = _run_watched(load_config(None, [*TINY, "federation.weights_codec=int8"]))
+def test_the_tested_model_crosses_only_when_the_client_lacks_it(coded_run, monkeypatch):
+    _, clients = coded_run("int8")
     server = clients[0].federation._handler
-    server.val_loss = {0: 0.9, 1: 0.8, 2: 0.7}  # global 2, the last, is the best
+    monkeypatch.setattr(server, "val_loss", {0: 0.9, 1: 0.8, 2: 0.7})  # the last is the best
     ids = Ids(client=0, phase=Phase.TEST)
 
     def ask(**held) -> list:
@@ -288,8 +303,8 @@ def test_a_bad_submission_is_refused_naming_round_client_and_tensor():
 
 
 @pytest.mark.parametrize("codec", ["float16", "int8", "int2"])
-def test_every_client_holds_the_servers_global_model_bit_for_bit(codec):
-    res, clients = _run_watched(load_config(None, [*TINY, f"federation.weights_codec={codec}"]))
+def test_every_client_holds_the_servers_global_model_bit_for_bit(codec, coded_run):
+    res, clients = coded_run(codec)
     server = clients[0].federation._handler
     final = len(server.globals) - 1
     assert final == 2 and set(server.updates) == {1, 2}
