@@ -226,9 +226,11 @@ def test_coded_weights_and_lossy_snapshots_over_grpc_decode_exactly():
     fed = held["site"].federation
     final = cfg.train.rounds
     assert results[0].test is not None and set(fed.updates) == {1, final}
-    for cid in (0, 1):
+    # Client 1 holds the last global model; client 0, the tester, the one it tested (the
+    # best by validation loss, not always the last).
+    for cid, expected in ((0, fed.best_round), (1, final)):
         r, state = held[cid]
-        assert r == final and state_digest(state) == fed.digest(final)
+        assert r == expected and state_digest(state) == fed.digest(expected)
     # Every tensor of the run decoded to the sender's symbols (the receivers check a CRC of
     # them), and at the end each receiver holds, bit for bit, the decoder state its sender's
     # last snapshot adopted (what the receiver reconstructs of a lossy sync; the snapshot
