@@ -131,10 +131,7 @@ class FederationServer(Handler):
                 head["frozen"] = self.freezing.frozen(h.round)
             if h.round in self.rounds.sampled:  # federation.clients_per_round: who trains
                 head["train"] = sorted(self.rounds.sampled[h.round])
-            if self.weights_codec == "float32":
-                return Reply(control_frame(ids, head) + weights_frame(ids, self.globals[h.round]))
-            head["digest"] = self.digest(h.round)
-            return Reply(control_frame(ids, head) + self._global_frame(ids, msg))
+            return self._with_global(ids, head, msg, h.round)
         if kind == "submit":
             value = await self._submission(client, h.round, msg, msgs[1:])
             if self.freezing.needs_rates:
@@ -149,11 +146,7 @@ class FederationServer(Handler):
             final = self.cfg.train.rounds
             if not await self._wait(lambda: final in self.val_loss):
                 return Reply(control_frame(ids, {"type": "wait"}))
-            head, r = self._record(), self.best_round
-            if self.weights_codec == "float32":
-                return Reply(control_frame(ids, head) + weights_frame(ids, self.globals[r]))
-            head["digest"] = self.digest(r)
-            return Reply(control_frame(ids, head) + self._global_frame(ids.at(round=r), msg))
+            return self._with_global(ids, self._record(), msg, self.best_round)
         if kind != "bye":
             raise ProtocolError(f"federation server: unknown control message {kind!r}")
         return Reply(control_frame(ids, {"type": "ack"}))
@@ -163,6 +156,14 @@ class FederationServer(Handler):
         if r not in self._digests:
             self._digests[r] = state_digest(self.globals[r])
         return self._digests[r]
+
+    def _with_global(self, ids: Ids, head: dict, msg: dict, r: int) -> Reply:
+        """``head`` and global model ``r``: whole with the float32 exchange; else with its
+        digest, in the frame :meth:`_global_frame` chooses for what the client holds."""
+        if self.weights_codec == "float32":
+            return Reply(control_frame(ids, head) + weights_frame(ids, self.globals[r]))
+        head["digest"] = self.digest(r)
+        return Reply(control_frame(ids, head) + self._global_frame(ids.at(round=r), msg))
 
     def _global_frame(self, ids: Ids, msg: dict) -> bytes:
         """Global model ``ids.round`` for a client that holds model ``have`` (with ``digest``):
