@@ -3,12 +3,13 @@ server lost is sent again, an answer it gave is not handled twice, and a gap is 
 
 from __future__ import annotations
 
+import grpc
 import pytest
 from test_grpc import INSECURE_CLIENT, INSECURE_SERVER, _frame, _run
 
 from splitfedzip.metrics.ledger import Ledger
 from splitfedzip.transport.base import Handler, Reply, TransportError
-from splitfedzip.transport.grpc import GrpcChannel, PartyService, serve_handler
+from splitfedzip.transport.grpc import LOST_BY_CORE, GrpcChannel, PartyService, serve_handler
 from splitfedzip.wire import read_frames
 
 
@@ -93,3 +94,21 @@ def test_a_server_that_lost_more_than_the_client_kept_is_an_error() -> None:
             await server.stop(None)
 
     _run(go(), 60)
+
+
+def test_a_stream_lost_in_grpc_core_counts_as_the_server_gone() -> None:
+    # grpc.aio reports a write on a stream that a server's shutdown cancelled as INTERNAL
+    # "Internal error from Core" now and then instead of UNAVAILABLE: the client must wait for
+    # the server as for any other drop, while a party's own INTERNAL stays an error.
+    async def go() -> None:
+        ch = GrpcChannel("127.0.0.1:1", 0, peer="federation", security=INSECURE_CLIENT)
+        try:
+            lost = grpc.aio.AioRpcError(grpc.StatusCode.INTERNAL, details=LOST_BY_CORE)
+            assert ch._error("request failed", lost).status == "UNAVAILABLE"
+            party = grpc.aio.AioRpcError(grpc.StatusCode.INTERNAL, details="party failed: x")
+            error = ch._error("request failed", party)
+            assert error.status == "INTERNAL" and "party failed: x" in str(error)
+        finally:
+            await ch.close()
+
+    _run(go(), 10)

@@ -46,6 +46,8 @@ HTTP2_FRAME_HEADER = 9
 HTTP2_MAX_FRAME = 16384  # the HTTP/2 default SETTINGS_MAX_FRAME_SIZE, which grpcio keeps
 #: Metadata with the answers a reconnecting client has had (request) and the server has given.
 ANSWERED = "x-answered"
+#: The details grpc.aio gives a call that its core lost, with status INTERNAL.
+LOST_BY_CORE = "Internal error from Core"
 
 log = logging.getLogger(__name__)
 
@@ -474,10 +476,20 @@ class GrpcChannel(Channel):
     def _error(self, what: str, e: grpc.aio.AioRpcError | None = None) -> TransportError:
         if e is None:
             return TransportError(f"{self.peer} at {self.target}: {what}")
-        status = e.code().name
-        return TransportError(
-            f"{self.peer} at {self.target}: {what}: {status}: {e.details()}", status
-        )
+        return self._status_error(what, e.code(), e.details())
+
+    def _status_error(
+        self, what: str, code: grpc.StatusCode, details: str | None
+    ) -> TransportError:
+        """The error for a call that ended with ``code``; a stream that gRPC's core lost
+        (a server that went away while the client wrote) counts as the server unavailable."""
+        status = code.name
+        if code is grpc.StatusCode.INTERNAL and details == LOST_BY_CORE:
+            # grpc.aio sets this status itself when a write or read fails in its core, e.g.
+            # on a stream the server's shutdown (GOAWAY) cancelled: no party sent it, and
+            # the server may be coming back, so a reconnecting client waits for it.
+            status, details = "UNAVAILABLE", f"the stream was lost ({LOST_BY_CORE})"
+        return TransportError(f"{self.peer} at {self.target}: {what}: {status}: {details}", status)
 
     def state(self) -> dict[str, Any]:
         """The answer count and the replay log (a client's round checkpoint)."""
@@ -616,9 +628,7 @@ class GrpcChannel(Channel):
             details = await call.details()
         except TimeoutError:
             return self._error("stream ended without a status")
-        return TransportError(
-            f"{self.peer} at {self.target}: stream ended: {code.name}: {details}", code.name
-        )
+        return self._status_error("stream ended", code, details)
 
     async def close(self) -> None:
         """Half-close the stream, wait for the server to end it, release the connection."""
