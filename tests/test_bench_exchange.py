@@ -14,9 +14,9 @@ TINY = [
 ]  # fmt: skip
 
 
-def _argv(out, *extra):
+def _argv(out, *extra, seeds="0-1"):
     sets = [a for o in [*TINY, *extra] for a in ("--set", o)]
-    return ["bench", "exchange", "--seeds", "0-1", "--out", str(out), "--no-progress", *sets]
+    return ["bench", "exchange", "--seeds", seeds, "--out", str(out), "--no-progress", *sets]
 
 
 def test_the_exchanges_are_compared_seed_by_seed_and_a_second_call_reuses_the_runs(
@@ -33,9 +33,9 @@ def test_the_exchanges_are_compared_seed_by_seed_and_a_second_call_reuses_the_ru
             for name in bench_exchange.VARIANTS
         }
         assert r["mji difference"] == summaries["fg-ae-int2"]["test_mji"] - r["mji fg-ae"]
-        assert r["bytes fg-ae"] > r["bytes fg-ae-int2"] > 0  # at this scale nc may send less
+        assert r["bytes fg-ae"] > r["bytes coded"] > 0  # at this scale nc may send less
         assert r["bytes nc"] == summaries["nc"]["bytes_total"]
-        assert r["coded below nc"] == r["bytes nc"] / r["bytes fg-ae-int2"]
+        assert r["coded below nc"] == r["bytes nc"] / r["bytes coded"]
 
     # Resumed: every run is on disk, none runs again.
     def no_run(*a, **k):
@@ -48,6 +48,35 @@ def test_the_exchanges_are_compared_seed_by_seed_and_a_second_call_reuses_the_ru
     # A folder holding another configuration's run is named, not reused.
     assert main(_argv(tmp_path, "lambda=5")) == 2
     assert str(tmp_path / "nc" / "seed-0") in capsys.readouterr().err
+
+
+def test_coded_settings_reach_the_coded_run_alone_and_reuse_the_others(
+    tmp_path, capsys, monkeypatch, one_thread
+):
+    assert main(_argv(tmp_path, seeds="1")) == 0  # nc, fg-ae, fg-ae-int2
+    ran = []
+    real = bench_exchange.run_embedded
+    monkeypatch.setattr(
+        bench_exchange, "run_embedded", lambda cfg, **k: ran.append(cfg) or real(cfg, **k)
+    )
+    int4 = [
+        "--coded",
+        "federation.weights_codec=int4",
+        "--coded",
+        "federation.weights_codec_first=null",
+    ]
+    assert main([*_argv(tmp_path, seeds="1"), *int4]) == 0
+    out = capsys.readouterr().out
+    # Only the coded runs are new, in a folder of their own; the float32 runs are shared.
+    assert [(c.federation.weights_codec, c.federation.weights_codec_first) for c in ran] == [
+        ("int4", None)
+    ]
+    [folder] = {line.split(":")[0] for line in out.splitlines() if line.startswith("fg-ae-coded-")}
+    held = (tmp_path / folder / "seed-1" / "config.yaml").read_text()
+    assert "weights_codec: int4" in held and "weights_error_feedback: true" in held
+    assert "weights_codec: float32" in (tmp_path / "fg-ae" / "seed-1" / "config.yaml").read_text()
+    assert "weights_codec: int2" in (tmp_path / "fg-ae-int2" / "seed-1" / "config.yaml").read_text()
+    assert f"[3/3] seed 1 {folder}" in out
 
 
 def test_bad_seeds_are_named(capsys):

@@ -96,11 +96,17 @@ def register_exchange(subparsers: argparse._SubParsersAction) -> None:
         description="At each seed, run the demo's nc, fg-ae (float32 weights exchange) and "
         "fg-ae-int2 (the same, exchange coded), and print the coded exchange's test MJI "
         "difference to float32 with its standard error over the seeds, and its total bytes "
-        "against nc. Runs are kept under --out; a second call resumes. Without CONFIG: the "
-        "demo's configuration.",
+        "against nc. Runs are kept under --out; a second call resumes, and a call with other "
+        "--coded settings reuses the nc and float32 runs. Without CONFIG: the demo's "
+        "configuration.",
     )
     p.add_argument("config", nargs="?", help="YAML run configuration (default: the demo's)")
     add_overrides(p, "a config key of every run")
+    p.add_argument(
+        "--coded", action="append", default=[], metavar="KEY=VALUE",
+        help="override a config key of the coded run alone, e.g. --coded "
+        "federation.weights_codec=int4 (repeatable; its runs go in a folder of their own)",
+    )  # fmt: skip
     p.add_argument("--seeds", default="0-4", help="a range or comma-separated (default 0-4)")
     p.add_argument("--out", default="runs/bench-exchange", help="folder of the runs")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -246,7 +252,9 @@ def run_exchange(args: argparse.Namespace) -> int:
     config = DEMO_CONFIG if args.config is None else Path(args.config)
     if not config.is_file():
         raise UserError(f"{config}: no such configuration file")
-    setup = ExchangeSetup(Path(args.out), _seeds(args.seeds), config, tuple(args.overrides))
+    setup = ExchangeSetup(
+        Path(args.out), _seeds(args.seeds), config, tuple(args.overrides), tuple(args.coded)
+    )
     rows = bench_exchange(setup, progress=not args.no_progress)
     print(json.dumps(rows, indent=2) if args.json else format_rows(rows))
     return 0

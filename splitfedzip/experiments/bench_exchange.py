@@ -5,11 +5,14 @@ At each seed it runs the demo's nc, fg-ae (float32 exchange) and fg-ae-int2 (the
 the exchange coded) and compares their test MJI and total bytes, paired by seed: a single run
 moves by more than the coding costs (docs/benchmarks.md, "What five seeds can resolve"), so
 the mean difference comes with its standard error. Every run is kept in its own folder and a
-second call reuses it: a long comparison resumes where it stopped.
+second call reuses it: a long comparison resumes where it stopped. ``coded`` overrides change
+the coded run alone (another weights codec, say); its runs then go in a folder named after them,
+beside the nc and float32 runs they share.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import dataclass
@@ -19,14 +22,16 @@ from typing import Any
 import numpy as np
 from scipy.stats import sem
 
-from ..config import Config, dump_config
+from ..config import Config, dump_config, load_config
 from ..errors import UserError
 from .demo import DEMO_CONFIG, demo_configs
+from .demo import VARIANTS as DEMO_VARIANTS
 from .train import run_embedded, write_outputs
 
 #: The runs compared at each seed: the reference of the reductions, the float32 exchange and
 #: the coded one (experiments/demo.py).
 VARIANTS = ("nc", "fg-ae", "fg-ae-int2")
+CODED = VARIANTS[-1]
 
 
 @dataclass(frozen=True)
@@ -37,6 +42,15 @@ class ExchangeSetup:
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
     config: Path = DEMO_CONFIG
     overrides: tuple[str, ...] = ()
+    #: Overrides of the coded run alone, after the demo's own exchange settings.
+    coded: tuple[str, ...] = ()
+
+    @property
+    def coded_name(self) -> str:
+        """The coded run's folder: the demo's name, or one that names its overrides."""
+        if not self.coded:
+            return CODED
+        return "fg-ae-coded-" + hashlib.sha256("\n".join(self.coded).encode()).hexdigest()[:8]
 
 
 def _run(cfg: Config, folder: Path, progress: bool) -> dict[str, Any]:
@@ -58,22 +72,27 @@ def bench_exchange(setup: ExchangeSetup, progress: bool = True) -> list[dict[str
     """One row per seed: each variant's test MJI and total bytes, and the coded exchange's
     MJI difference to the float32 one."""
     rows, done, total = [], 0, len(setup.seeds) * len(VARIANTS)
+    if setup.coded:
+        print(f"{setup.coded_name}: {CODED} with {' '.join(setup.coded)}", flush=True)
     for seed in setup.seeds:
         overrides = [*setup.overrides, f"train.seed={seed}"]
         cfgs = demo_configs(overrides, base=setup.config)
+        cfgs[CODED] = load_config(setup.config, [*overrides, *DEMO_VARIANTS[CODED], *setup.coded])
         row: dict[str, Any] = {"seed": seed}
         for name in VARIANTS:
+            folder = setup.coded_name if name == CODED else name
             tic = time.perf_counter()
-            s = _run(cfgs[name], setup.out / name / f"seed-{seed}", progress)
+            s = _run(cfgs[name], setup.out / folder / f"seed-{seed}", progress)
             done += 1
-            row[f"mji {name}"], row[f"bytes {name}"] = s["test_mji"], s["bytes_total"]
+            key = "coded" if name == CODED else name
+            row[f"mji {key}"], row[f"bytes {key}"] = s["test_mji"], s["bytes_total"]
             print(
-                f"[{done}/{total}] seed {seed} {name}: test MJI {s['test_mji']:.4f}, "
+                f"[{done}/{total}] seed {seed} {folder}: test MJI {s['test_mji']:.4f}, "
                 f"{s['bytes_total']:,} bytes ({time.perf_counter() - tic:.0f} s)",
                 flush=True,
             )
-        row["mji difference"] = row["mji fg-ae-int2"] - row["mji fg-ae"]
-        row["coded below nc"] = row["bytes nc"] / row["bytes fg-ae-int2"]
+        row["mji difference"] = row["mji coded"] - row["mji fg-ae"]
+        row["coded below nc"] = row["bytes nc"] / row["bytes coded"]
         rows.append(row)
     return rows
 
@@ -87,8 +106,8 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         lines.append(
             f"{r['seed']:>5}{r['mji nc']:>10.4f}{r['mji fg-ae']:>10.4f}"
-            f"{r['mji fg-ae-int2']:>10.4f}{r['mji difference']:>+12.4f}"
-            f"{r['bytes fg-ae-int2']:>14,}{r['coded below nc']:>9.1f}x"
+            f"{r['mji coded']:>10.4f}{r['mji difference']:>+12.4f}"
+            f"{r['bytes coded']:>14,}{r['coded below nc']:>9.1f}x"
         )
     diffs = np.array([r["mji difference"] for r in rows])
     ratios = [r["coded below nc"] for r in rows]
