@@ -77,7 +77,9 @@ def bench_exchange(setup: ExchangeSetup, progress: bool = True) -> list[dict[str
     for seed in setup.seeds:
         overrides = [*setup.overrides, f"train.seed={seed}"]
         cfgs = demo_configs(overrides, base=setup.config)
-        cfgs[CODED] = load_config(setup.config, [*overrides, *DEMO_VARIANTS[CODED], *setup.coded])
+        if setup.coded:  # after the demo's own exchange settings, which they may change
+            coded = [*overrides, *DEMO_VARIANTS[CODED], *setup.coded]
+            cfgs[CODED] = load_config(setup.config, coded)
         row: dict[str, Any] = {"seed": seed}
         for name in VARIANTS:
             folder = setup.coded_name if name == CODED else name
