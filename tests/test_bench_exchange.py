@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 
+import pytest
+import torch
+
 from splitfedzip.cli.main import main
 from splitfedzip.experiments import bench_exchange
 
@@ -19,12 +22,31 @@ def _argv(out, *extra, seeds="0-1"):
     return ["bench", "exchange", "--seeds", seeds, "--out", str(out), "--no-progress", *sets]
 
 
+@pytest.fixture(scope="module")
+def compared(tmp_path_factory):
+    """A comparison at seeds 0 and 1 (its folder and rows), shared by the tests."""
+    out, before = tmp_path_factory.mktemp("bench-exchange"), torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny runs are fastest so
+    try:
+        setup = bench_exchange.ExchangeSetup(out, (0, 1), overrides=tuple(TINY))
+        return out, bench_exchange.bench_exchange(setup, progress=False)
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_the_exchanges_are_compared_seed_by_seed_and_a_second_call_reuses_the_runs(
-    tmp_path, capsys, monkeypatch, one_thread
+    compared, capsys, monkeypatch
 ):
+    tmp_path, rows = compared
+
+    # Resumed: every run is on disk, none runs again.
+    def no_run(*a, **k):
+        raise AssertionError("a kept run was run again")
+
+    monkeypatch.setattr(bench_exchange, "run_embedded", no_run)
     assert main([*_argv(tmp_path), "--json"]) == 0
     out = capsys.readouterr().out
-    rows = json.loads(out[out.index("[\n") :])
+    assert json.loads(out[out.index("[\n") :]) == rows
     assert [r["seed"] for r in rows] == [0, 1]
     for r in rows:
         seed = r["seed"]
@@ -36,12 +58,6 @@ def test_the_exchanges_are_compared_seed_by_seed_and_a_second_call_reuses_the_ru
         assert r["bytes fg-ae"] > r["bytes coded"] > 0  # at this scale nc may send less
         assert r["bytes nc"] == summaries["nc"]["bytes_total"]
         assert r["coded below nc"] == r["bytes nc"] / r["bytes coded"]
-
-    # Resumed: every run is on disk, none runs again.
-    def no_run(*a, **k):
-        raise AssertionError("a kept run was run again")
-
-    monkeypatch.setattr(bench_exchange, "run_embedded", no_run)
     assert main(_argv(tmp_path)) == 0
     table = capsys.readouterr().out
     assert "[6/6] seed 1 fg-ae-int2" in table and "standard error" in table
@@ -51,9 +67,9 @@ def test_the_exchanges_are_compared_seed_by_seed_and_a_second_call_reuses_the_ru
 
 
 def test_coded_settings_reach_the_coded_run_alone_and_reuse_the_others(
-    tmp_path, capsys, monkeypatch, one_thread
+    compared, capsys, monkeypatch, one_thread
 ):
-    assert main(_argv(tmp_path, seeds="1")) == 0  # nc, fg-ae, fg-ae-int2
+    tmp_path, _ = compared  # nc, fg-ae and fg-ae-int2 at seeds 0 and 1
     ran = []
     real = bench_exchange.run_embedded
     monkeypatch.setattr(
